@@ -1,0 +1,89 @@
+"""`python -m ocelot_algo bench`: where the time and memory of a prediction run go.
+
+Generates a synthetic Grand-Challenge input of --pairs pairs (in a child process, so its memory is not
+counted), runs the real pipeline on it and prints JSON: per-pair time of each stage, the share of wall time
+spent inside forward passes, import and start-up time, peak resident memory and the device.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .geometry import TTA_MODES
+
+FORWARD_STAGES = ("tissue_forward", "cell_forward")
+
+
+def _seconds_to_import() -> float:
+    """Interpreter start plus every import the entrypoint makes, measured in a fresh process."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import ocelot_algo.pipeline"], check=True)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ocelot_algo bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--tta", choices=sorted(TTA_MODES), default=None, help="default: the manifest's")
+    parser.add_argument("--members", type=int, default=None, help="use only the first N ensemble members")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--json", default=None, help="also write the result to this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    import_s = _seconds_to_import()
+    with tempfile.TemporaryDirectory(prefix="ocelot-bench-") as tmp:
+        sample, out = Path(tmp) / "input", Path(tmp) / "output"
+        subprocess.run([sys.executable, "-m", "ocelot_algo", "make-sample", "--out", str(sample),
+                        "--pairs", str(args.pairs), "--seed", "1"], check=True, stdout=subprocess.DEVNULL)
+        from . import pipeline, weights
+
+        weights_dir = weights.resolve_weights_dir(args.weights)
+        if args.members:
+            weights_dir = _subset_of_members(weights_dir, args.members, Path(tmp) / "weights")
+        report = pipeline.predict(sample, out, weights=weights_dir, device=args.device, tta=args.tta, progress=False)
+
+    n = max(report.pairs, 1)
+    forward = sum(report.stages.get(k, 0.0) for k in FORWARD_STAGES)
+    result = {
+        "device": report.device,
+        "pairs": report.pairs,
+        "tta": args.tta or "manifest default",
+        "members": args.members or "all",
+        "import_s": round(import_s, 2),
+        "startup_s": round(report.startup_s, 2),
+        "wall_s": round(report.wall_s, 2),
+        "wall_per_pair_s": round(report.wall_s / n, 3),
+        "forward_share_of_wall": round(forward / report.wall_s, 3) if report.wall_s else None,
+        "stage_per_pair_s": {k: round(v / n, 4) for k, v in report.stages.items()},
+        "note": "read and points run on their own threads, overlapped with the forward passes",
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cells": report.cells,
+        "per_pair_s": [{k: round(v, 4) for k, v in p.items()} for p in report.per_pair],
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def _subset_of_members(source: Path, count: int, target: Path) -> Path:
+    """A weights folder holding the first `count` members of `source` (links, not copies)."""
+    manifest = json.loads((source / "manifest.json").read_text())
+    manifest["members"] = manifest["members"][:count]
+    target.mkdir(parents=True)
+    for name in manifest["members"]:
+        for suffix in (".safetensors", ".json"):
+            (target / f"{name}{suffix}").symlink_to((source / f"{name}{suffix}").resolve())
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target

@@ -1,0 +1,112 @@
+"""`python -m ocelot_algo overlay`: look at what the model does, pair by pair.
+
+For each chosen pair it writes `<name>_cells.png` (predicted cells as filled dots over the cell patch,
+ground truth as rings when known) and `<name>_tissue.png` (the predicted cancer-area probability tinted over
+the tissue patch, the cell box, and the ground-truth tissue outline when known).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .inputs import open_inputs
+from .pipeline import USER_ERRORS
+from .points import find_cells
+from .predictor import Predictor, select_device
+from .weights import load_ensemble, resolve_weights_dir
+
+COLOURS = {1: (40, 170, 255), 2: (255, 210, 0)}  # background cell: blue, tumour cell: yellow
+
+
+def draw_cells(cell: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None) -> Image.Image:
+    """predicted (N, 4) x, y, class, probability; truth (M, 3) x, y, class."""
+    image = Image.fromarray(cell)
+    draw = ImageDraw.Draw(image)
+    for x, y, cls in (truth if truth is not None else np.zeros((0, 3)))[:, :3].astype(int):
+        draw.ellipse((x - 9, y - 9, x + 9, y + 9), outline=COLOURS[cls], width=2)
+    for x, y, cls in predicted[:, :3].astype(int):
+        draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=COLOURS[cls], outline=(0, 0, 0))
+    _legend(draw, ["dot: predicted", "ring: ground truth" if truth is not None else "",
+                   "blue: background cell", "yellow: tumour cell"])
+    return image
+
+
+def draw_tissue(tissue: np.ndarray, cancer_probability: np.ndarray | None, box, truth_mask: np.ndarray | None) -> Image.Image:
+    """cancer_probability: (T, T) in [0, 1] on the tissue grid; truth_mask: uint8 1 = BG, 2 = CA, 255 = unknown."""
+    image = tissue.astype(np.float32)
+    if cancer_probability is not None:
+        p = np.asarray(Image.fromarray(cancer_probability.astype(np.float32)).resize(tissue.shape[1::-1], Image.BILINEAR))
+        image = image * (1 - 0.45 * p[..., None]) + np.array([255.0, 0, 60]) * 0.45 * p[..., None]
+    if truth_mask is not None:
+        cancer = truth_mask == 2
+        edge = cancer ^ np.pad(cancer, 1, mode="edge")[1:-1, 2:] | cancer ^ np.pad(cancer, 1, mode="edge")[2:, 1:-1]
+        image[edge] = (0, 255, 120)
+    result = Image.fromarray(image.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(result)
+    size = tissue.shape[0]
+    draw.rectangle([box.x0 * size, box.y0 * size, box.x1 * size, box.y1 * size], outline=(0, 0, 0), width=3)
+    _legend(draw, ["red tint: predicted cancer area", "green line: annotated cancer area" if truth_mask is not None else "",
+                   "black box: cell patch"])
+    return result
+
+
+def _legend(draw: ImageDraw.ImageDraw, lines: list[str]) -> None:
+    lines = [line for line in lines if line]
+    draw.rectangle((0, 0, 300, 14 * len(lines) + 8), fill=(255, 255, 255))
+    for i, line in enumerate(lines):
+        draw.text((6, 4 + 14 * i), line, fill=(0, 0, 0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ocelot_algo overlay", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="Grand-Challenge input folder or release folder")
+    parser.add_argument("--split", default="test", help="split of a release folder")
+    parser.add_argument("--pairs", default="0:4", help="pair names (e.g. 003,017) or a slice of positions (e.g. 0:4)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--tta", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        inputs = open_inputs(args.input, split=args.split)
+        device = select_device(args.device)
+        predictor = Predictor.from_ensemble(load_ensemble(resolve_weights_dir(args.weights), device), device, args.tta)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    names = inputs.pair_names
+    if ":" in args.pairs:
+        chosen = range(len(names))[slice(*(int(v) if v else None for v in args.pairs.split(":")))]
+    else:
+        chosen = [names.index(name) for name in args.pairs.split(",")]
+    truth = _release_truth(Path(args.input), args.split, [names[i] for i in chosen]) if inputs.layout == "release" else {}
+    with inputs:
+        for i in chosen:
+            pair = inputs.read(i)
+            cell_probs, tissue_probs = predictor.probabilities(pair.cell, pair.tissue, pair.box)
+            cells = find_cells(cell_probs, predictor.postprocess).as_array()
+            gt = truth.get(pair.name)
+            draw_cells(pair.cell, cells, gt.cells if gt else None).save(out / f"{pair.name}_cells.png")
+            draw_tissue(pair.tissue, None if tissue_probs is None else tissue_probs[1], pair.box,
+                        gt.tissue_mask() if gt else None).save(out / f"{pair.name}_tissue.png")
+            logging.info("%s: %d cells -> %s", pair.name, len(cells), out / f"{pair.name}_cells.png")
+    return 0
+
+
+def _release_truth(root: Path, split: str, ids: list[str]) -> dict:
+    """Ground truth by pair id where the release folder has annotations for the split, else nothing."""
+    from .evaluation import EvaluationInputError, load_release
+
+    try:
+        return {t.id: t for t in load_release(root, split, ids)}
+    except EvaluationInputError:
+        return {}

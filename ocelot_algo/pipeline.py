@@ -1,0 +1,133 @@
+"""`python process.py` / `python -m ocelot_algo predict`: read -> predict -> points -> write, for a folder of pairs.
+
+Everything is validated before the first pair (inputs, then weights), so bad input fails fast and writes
+nothing. While the network works on pair i, a reader thread fetches pair i+1 and a second thread turns pair
+i-1's probabilities into points, so on a busy device almost all wall time is spent in forward passes.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .geometry import TTA_MODES
+from .inputs import InputError, log_environment, open_inputs
+from .output import PointsWriter
+from .points import find_cells
+from .predictor import Predictor, select_device
+from .weights import WeightsError, load_ensemble, resolve_weights_dir
+
+log = logging.getLogger("ocelot_algo")
+USER_ERRORS = (InputError, WeightsError)  # reported as one line, exit code 2
+
+
+@dataclass
+class RunReport:
+    """Where the time went; `bench` prints it, `predict` logs a summary."""
+
+    pairs: int = 0
+    cells: int = 0
+    device: str = ""
+    startup_s: float = 0.0  # opening inputs and loading weights
+    wall_s: float = 0.0  # first pair to output written
+    stages: dict = field(default_factory=dict)  # seconds summed over pairs
+    per_pair: list = field(default_factory=list)  # {"read": s, "points": s, "forward": s, ...} per pair
+    output: str = ""
+
+
+def predict(input_dir: str | Path, output_dir: str | Path, *, weights: str | Path | None = None, device: str = "auto",
+            tta: str | None = None, split: str = "test", progress: bool = True) -> RunReport:
+    started = time.perf_counter()
+    inputs = open_inputs(input_dir, split=split)
+    device = select_device(device)
+    log_environment(input_dir, device)
+    weights_dir = resolve_weights_dir(weights)
+    ensemble = load_ensemble(weights_dir, device)
+    predictor = Predictor.from_ensemble(ensemble, device, tta)
+    log.info("weights %s: %d member(s), tta %s (%d views), %s", weights_dir, len(ensemble.members),
+             tta or ensemble.tta, len(predictor.views),
+             "trained" if ensemble.manifest.get("trained") else "UNTRAINED (placeholder weights)")
+    writer = PointsWriter(output_dir, inputs.layout, inputs.pair_names)
+    report = RunReport(device=str(device), startup_s=time.perf_counter() - started)
+
+    with inputs, ThreadPoolExecutor(1, "reader") as reader, ThreadPoolExecutor(1, "points") as post:
+        loop_start = time.perf_counter()
+        n = len(inputs)
+        per_pair = [dict() for _ in range(n)]
+
+        def read(i):
+            t = time.perf_counter()
+            pair = inputs.read(i)
+            per_pair[i]["read"] = time.perf_counter() - t
+            return pair
+
+        def to_points(i, probs):
+            t = time.perf_counter()
+            cells = find_cells(probs, predictor.postprocess)
+            writer.add(i, cells.x, cells.y, cells.cls, cells.probability)
+            per_pair[i]["points"] = time.perf_counter() - t
+            return len(cells)
+
+        pending, counts = deque(), []
+        next_pair = reader.submit(read, 0) if n else None
+        for i in _progress(range(n), progress):
+            pair = next_pair.result()
+            if i + 1 < n:
+                next_pair = reader.submit(read, i + 1)
+            before = dict(predictor.timings)
+            probs, _ = predictor.probabilities(pair.cell, pair.tissue, pair.box)
+            per_pair[i].update({k: v - before.get(k, 0.0) for k, v in predictor.timings.items()})
+            pending.append(post.submit(to_points, i, probs))
+            while len(pending) > 2:  # bounded: memory must not grow with the number of pairs
+                counts.append(pending.popleft().result())
+        counts.extend(f.result() for f in pending)
+        t = time.perf_counter()
+        report.output = str(writer.finish())
+        write_s = time.perf_counter() - t
+
+    report.pairs, report.cells, report.per_pair = n, sum(counts), per_pair
+    report.wall_s = time.perf_counter() - loop_start
+    report.stages = {k: sum(p.get(k, 0.0) for p in per_pair) for k in sorted({k for p in per_pair for k in p})}
+    report.stages["write"] = write_s
+    log.info("%d pairs, %d cells in %.1f s (%.2f s/pair) -> %s", n, report.cells, report.wall_s,
+             report.wall_s / max(n, 1), report.output)
+    return report
+
+
+def _progress(iterable, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc="pairs", unit="pair", mininterval=5)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", default="/input", help="Grand-Challenge input folder or a release folder (default /input)")
+    parser.add_argument("--output", default="/output", help="folder for cell_classification.json (default /output)")
+    parser.add_argument("--weights", default=None,
+                        help="weights folder with manifest.json (default: /opt/ml/model when it holds one, else weights/)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--tta", default=None, choices=sorted(TTA_MODES), help="override the manifest's test-time augmentation")
+    parser.add_argument("--split", default="test", help="split to read from a release folder (images/<split>/...)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ocelot_algo predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        predict(args.input, args.output, weights=args.weights, device=args.device, tta=args.tta, split=args.split,
+                progress=not args.quiet)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

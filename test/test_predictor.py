@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from conftest import make_weights
+from ocelot_algo.geometry import ALL_DIHEDRAL, TTA_MODES, Dihedral, apply_dihedral, cell_box_in_tissue, dihedral_box, dihedral_points
+from ocelot_algo.points import PostProcess
+from ocelot_algo.predictor import Predictor
+from ocelot_algo.weights import load_ensemble
+
+SMALL = {"cell_size": 128, "tissue_size": 64}
+
+
+def smooth_image(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = ndimage.gaussian_filter(rng.random((1024, 1024, 3)), (12, 12, 0))
+    return ((noise - noise.min()) / np.ptp(noise) * 255).astype(np.uint8)
+
+
+def meta(cx, cy):
+    return {"patch_x_offset": cx, "patch_y_offset": cy, "cell": {"resized_mpp_x": 0.2, "resized_mpp_y": 0.2},
+            "tissue": {"resized_mpp_x": 0.8, "resized_mpp_y": 0.8}}
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    return load_ensemble(make_weights(tmp_path_factory.mktemp("w"), injections=("both", "input"), **SMALL)).members
+
+
+def points_of(predictor, cell, tissue, box):
+    cells = predictor.cells(cell, tissue, box)
+    return {(int(x), int(y)): int(c) for x, y, c in zip(cells.x, cells.y, cells.cls)}
+
+
+def transformed(view: Dihedral, cell, tissue, box):
+    to_numpy = lambda a: apply_dihedral(torch.from_numpy(a).permute(2, 0, 1), view).permute(1, 2, 0).contiguous().numpy()
+    return to_numpy(cell), to_numpy(tissue), dihedral_box(box, view)
+
+
+def assert_same_points(expected: dict, found: dict):
+    """Equal up to 4 px (2 grid px): float sums in another order can move a peak across a near-flat top, and the
+    2x grid-to-patch scaling rounds mirrored positions to the other side."""
+    assert len(found) == len(expected) > 0
+    unmatched = dict(found)
+    for (x, y), cls in expected.items():
+        match = next((k for k in unmatched if abs(k[0] - x) <= 4 and abs(k[1] - y) <= 4), None)
+        assert match is not None, f"no point near {(x, y)}"
+        assert unmatched.pop(match) == cls
+
+
+@pytest.mark.parametrize("tta, views", [("all8", ALL_DIHEDRAL), ("flips", TTA_MODES["flips"])])
+def test_predictor_is_equivariant_under_its_views(members, tta, views):
+    """A flipped or rotated pair, with the metadata mirrored to match, yields the transformed points."""
+    predictor = Predictor(members, tta=tta, postprocess=PostProcess(sigma=1, min_distance=3, threshold=0.2))
+    cell, tissue = smooth_image(1), smooth_image(2)
+    box = cell_box_in_tissue(meta(0.3, 0.65))  # off-centre, so a crop that ignores the view would look elsewhere
+    base = points_of(predictor, cell, tissue, box)
+    for view in views[1:]:
+        moved = points_of(predictor, *transformed(view, cell, tissue, box))
+        xy = dihedral_points(np.array(list(base)), view, 1023)
+        assert_same_points({tuple(map(int, p)): c for p, c in zip(np.rint(xy), base.values())}, moved)
+
+
+def test_metadata_mirrored_wrongly_changes_the_result(members):
+    """The test above can fail: the cell branch really depends on where the tissue crop is taken."""
+    predictor = Predictor(members, tta="all8")
+    cell, tissue = smooth_image(1), smooth_image(2)
+    box = cell_box_in_tissue(meta(0.3, 0.65))
+    view = Dihedral(1, False)
+    right = predictor.probabilities(*transformed(view, cell, tissue, box))[0]
+    wrong = predictor.probabilities(*transformed(view, cell, tissue, box)[:2], box)[0]
+    assert np.abs(right - wrong).max() > 1e-3
+
+
+def test_an_ensemble_of_identical_members_equals_one_member(members):
+    cell, tissue = smooth_image(3), smooth_image(4)
+    box = cell_box_in_tissue(meta(0.5, 0.5))
+    one = Predictor(members[:1], tta="flips").probabilities(cell, tissue, box)
+    for fusion in ("mean", "member"):
+        three = Predictor(members[:1] * 3, tta="flips", tissue_fusion=fusion).probabilities(cell, tissue, box)
+        assert np.allclose(one[0], three[0], atol=1e-5) and np.allclose(one[1], three[1], atol=1e-5)
+
+
+def test_probability_maps_are_distributions(members):
+    cell_probs, tissue_probs = Predictor(members, tta="none").probabilities(smooth_image(5), smooth_image(6),
+                                                                            cell_box_in_tissue(meta(0.4, 0.4)))
+    assert cell_probs.shape == (3, 128, 128) and tissue_probs.shape == (2, 64, 64)
+    assert np.allclose(cell_probs.sum(0), 1, atol=1e-4) and np.allclose(tissue_probs.sum(0), 1, atol=1e-4)
+
+
+def test_unknown_settings_are_refused(members):
+    with pytest.raises(ValueError, match="tta"):
+        Predictor(members, tta="everything")
+    with pytest.raises(ValueError, match="tissue_fusion"):
+        Predictor(members, tissue_fusion="max")

@@ -1,0 +1,75 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import make_weights
+from ocelot_algo.weights import WeightsError, load_ensemble, resolve_weights_dir
+
+
+def test_round_trip_is_exact(tmp_path):
+    make_weights(tmp_path, injections=("input", "none"))
+    ensemble = load_ensemble(tmp_path)
+    assert ensemble.names == ["member0", "member1"] and not ensemble.manifest["trained"]
+    again = load_ensemble(tmp_path)
+    for a, b in zip(ensemble.members, again.members):
+        for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(v, w), k
+
+
+@pytest.fixture
+def weights(tmp_path):
+    return make_weights(tmp_path / "w")
+
+
+def test_missing_folder_or_manifest(tmp_path, weights):
+    with pytest.raises(WeightsError, match="not found"):
+        load_ensemble(tmp_path / "nowhere")
+    (weights / "manifest.json").unlink()
+    with pytest.raises(WeightsError, match="manifest.json: file not found"):
+        load_ensemble(weights)
+
+
+def test_manifest_problems_name_the_file(weights):
+    path = weights / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for broken, message in [("{not json", "not readable JSON"), (json.dumps({**manifest, "members": []}), "non-empty list"),
+                            (json.dumps({**manifest, "tta": "all16"}), "tta must be"),
+                            (json.dumps({**manifest, "format": "other"}), "format")]:
+        path.write_text(broken)
+        with pytest.raises(WeightsError, match=message) as info:
+            load_ensemble(weights)
+        assert "manifest.json" in str(info.value)
+
+
+def test_missing_corrupt_or_truncated_tensors(weights):
+    tensors = weights / "member0.safetensors"
+    data = tensors.read_bytes()
+    tensors.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="member0.safetensors: corrupt"):
+        load_ensemble(weights)
+    tensors.write_bytes(b"\x00" * 100)
+    with pytest.raises(WeightsError, match="corrupt"):
+        load_ensemble(weights)
+    tensors.unlink()
+    with pytest.raises(WeightsError, match="member0.safetensors: file not found"):
+        load_ensemble(weights)
+
+
+def test_tensors_that_do_not_match_their_config(weights, tmp_path):
+    other = make_weights(tmp_path / "other", injections=("none",))
+    shutil.copy(other / "member0.safetensors", weights / "member0.safetensors")  # cell-only tensors, "input" config
+    with pytest.raises(WeightsError, match="does not match its config"):
+        load_ensemble(weights)
+
+
+def test_invalid_member_config(weights):
+    (weights / "member0.json").write_text(json.dumps({"model": {"injection": "sideways"}}))
+    with pytest.raises(WeightsError, match="member0.json: invalid model config"):
+        load_ensemble(weights)
+
+
+def test_explicit_weights_folder_wins(tmp_path):
+    assert resolve_weights_dir(tmp_path) == tmp_path
+    assert resolve_weights_dir(None).name in ("weights", "model")
