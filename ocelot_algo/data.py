@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from scipy import ndimage
 
+from .evaluation import load_release
 from .geometry import ALL_DIHEDRAL, PATCH_SIZE, Box, apply_dihedral, dihedral_box, dihedral_points, sub_box
 from .inputs import open_inputs
 from .preprocess import to_grid
@@ -35,36 +35,28 @@ class Sample:
     cell_mpp: float
 
 
-def read_cell_csv(path: Path) -> np.ndarray:
-    """The release's `x,y,class` lines -> (N, 3) int array (empty files allowed)."""
-    rows = [line.split(",")[:3] for line in Path(path).read_text().splitlines() if line.strip()]
-    return np.array(rows, dtype=int).reshape(-1, 3)
-
-
 def read_folds(root: Path) -> list[list[str]]:
     return json.loads((Path(root) / "folds.json").read_text())["folds"]
 
 
-def load_samples(root: Path, ids: list[str], cell_size: int, tissue_size: int, split: str = "train",
-                 progress=None) -> list[Sample]:
+def load_samples(root: Path, ids: list[str], cell_size: int, tissue_size: int, split: str = "train") -> list[Sample]:
     """Pairs `ids` of the release at `root` (images, ground truth, metadata) on the model's grids."""
-    root = Path(root)
-    wanted = set(ids)
+    truth = {t.id: t for t in load_release(Path(root), split, ids)}
     samples = []
     with open_inputs(root, split=split) as inputs:
-        indices = [i for i, name in enumerate(inputs.pair_names) if name in wanted]
-        for i in (progress(indices) if progress else indices):
-            pair = inputs.read(i)
-            mask = np.array(Image.open(root / "annotations" / split / "tissue" / f"{pair.name}.png"))
+        for i, name in enumerate(inputs.pair_names):
+            if name not in truth:
+                continue
+            pair, gt = inputs.read(i), truth[name]
+            mask = gt.tissue_mask()
             step = mask.shape[0] // tissue_size  # nearest-neighbour: the label at each grid cell's centre
             mask = mask[step // 2::step, step // 2::step]
             samples.append(Sample(
-                pair_id=pair.name, organ=pair.meta.get("organ", "unknown"),
+                pair_id=name, organ=gt.organ or "unknown",
                 cell=to_grid(pair.cell, cell_size)[0].to(torch.float16).contiguous(),
                 tissue=to_grid(pair.tissue, tissue_size)[0].to(torch.float16).contiguous(),
                 tissue_mask=torch.from_numpy(np.select([mask == 1, mask == 2], [0, 1], IGNORE).astype(np.uint8)),
-                points=read_cell_csv(root / "annotations" / split / "cell" / f"{pair.name}.csv"),
-                box=pair.box, cell_mpp=float(pair.meta["cell"]["resized_mpp_x"])))
+                points=gt.cells.astype(int), box=pair.box, cell_mpp=float(pair.meta["cell"]["resized_mpp_x"])))
     return samples
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .geometry import PATCH_SIZE, Box, cell_box_in_tissue
+from .inputs import pair_id_order
 
 RADIUS = 15.0  # px at ~0.2 um/px = 3 um, the challenge's hit radius
 CLASS_NAMES = ("BC", "TC")  # cell class 1, 2
@@ -311,7 +312,7 @@ def _json_point_problem(item, with_probability: bool) -> str | None:
 def split_ids(root: Path, split: str = "train") -> list[str]:
     """Pair ids of a split of the release, ascending: the order in which the algorithm reads and numbers them."""
     metadata = _read_metadata(Path(root))
-    return sorted(k for k, v in metadata["sample_pairs"].items() if v.get("subset", split) == split)
+    return sorted((k for k, v in metadata["sample_pairs"].items() if v.get("subset", split) == split), key=pair_id_order)
 
 
 def _read_metadata(root: Path) -> dict:

@@ -390,11 +390,11 @@ def _open_release(root: Path, split: str) -> InputSet:
         raise InputError(f"{folders['tissue']}: folder missing (cell patches are in {folders['cell']})")
     images = {view: {p.stem: p for p in folder.glob("*.jpg")} for view, folder in folders.items()}
     for view, other in (("cell", "tissue"), ("tissue", "cell")):
-        lonely = sorted(images[view].keys() - images[other].keys(), key=_id_order)
+        lonely = sorted(images[view].keys() - images[other].keys(), key=pair_id_order)
         if lonely:
             raise InputError(f"{images[view][lonely[0]]}: no {other} patch {folders[other] / (lonely[0] + '.jpg')}"
                              f"{f' (and {len(lonely) - 1} more unpaired)' if len(lonely) > 1 else ''}")
-    ids = sorted(images["cell"], key=_id_order)
+    ids = sorted(images["cell"], key=pair_id_order)
     if not ids:
         raise InputError(f"{folders['cell']}: no .jpg images")
     metas, boxes = [], []
@@ -411,7 +411,7 @@ def _open_release(root: Path, split: str) -> InputSet:
     return InputSet("release", ids, metas, boxes, cell, tissue)
 
 
-def _id_order(pair_id: str) -> tuple:
+def pair_id_order(pair_id: str) -> tuple:
     """Numeric ids in numeric order ("99" before "100"), anything else after them by name."""
     return (0, int(pair_id), pair_id) if pair_id.isdigit() else (1, 0, pair_id)
 
@@ -469,7 +469,7 @@ def _ordered_entries(path: Path, data: object) -> list[tuple[str, object]]:
         return [(f"pair {i}", entry) for i, entry in enumerate(data)]
     if isinstance(data, dict) and isinstance(data.get("sample_pairs"), dict):
         pairs = data["sample_pairs"]
-        return [(f"pair '{pair_id}'", pairs[pair_id]) for pair_id in sorted(pairs, key=_id_order)]
+        return [(f"pair '{pair_id}'", pairs[pair_id]) for pair_id in sorted(pairs, key=pair_id_order)]
     raise InputError(f"{path}: expected a list of per-pair dicts (Grand-Challenge) or a dict with "
                      f"'sample_pairs' (release), not a {type(data).__name__}")
 

@@ -1,9 +1,11 @@
-"""Synthetic inputs in Grand-Challenge format: the committed `test/input` sample and benchmark inputs of any size.
+"""Synthetic pairs: Grand-Challenge inputs (the committed `test/input` sample, benchmark inputs of any size) and
+release-layout folders with exact ground truth (cell points, tissue masks, folds) for training and evaluation.
 
 No licensed data is involved: every pair is a procedurally drawn H&E-like scene, defined in micrometres around
 its tissue patch, and both fields of view are rendered from that same scene. So the cell patch is the 4x
 magnified view of its box in the tissue patch (the box `geometry.cell_box_in_tissue` computes from the
-metadata), and it carries detail (chromatin texture) the coarser tissue pixels average away.
+metadata), and it carries detail (chromatin texture) the coarser tissue pixels average away. The ground truth
+is read off the same scene: each nucleus centre and its tumour membership, and the tumour regions as the mask.
 
 Everything is a pure function of (seed, pair index), so files are byte-identical across runs, and large stacks
 are written one pair at a time without holding the stack in memory.
@@ -11,6 +13,7 @@ are written one pair at a time without holding the stack in memory.
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import math
@@ -22,6 +25,7 @@ import numpy as np
 import tifffile
 from scipy.spatial import cKDTree
 
+from .evaluation import BG, CA, UNKNOWN, write_atomic
 from .geometry import PATCH_SIZE, cell_box_in_tissue
 
 TISSUE_MPP = 0.7778  # nominal resized mpp of the release's tissue patches
@@ -106,7 +110,7 @@ class Scene:
     lumen: Waves  # white spaces where it exceeds LUMEN_LEVEL
     chromatin: Waves  # granular texture inside nuclei, resolved only in the cell view
     tumour: Blobs
-    nuclei: np.ndarray  # (n, 6): centre x, y, semi-axes a >= b, angle, haematoxylin, texture strength
+    nuclei: np.ndarray  # (n, 7): centre x, y, semi-axes a >= b, angle, haematoxylin, texture strength
     noise_seed: tuple[int, ...]
 
 
@@ -187,20 +191,36 @@ def _draw_nuclei(rng: np.random.Generator, extent: float, tumour: Blobs, lumen: 
     return np.stack([x, y, diameter / 2, diameter / 2 / aspect, rng.uniform(0, np.pi, n), darkness, texture], 1)
 
 
-def render(scene: Scene, view: str) -> np.ndarray:
-    """The (1024, 1024, 3) uint8 RGB `view` ("cell" or "tissue") of the scene."""
+def _view_frame(scene: Scene, view: str) -> tuple[np.ndarray, float]:
+    """The top-left corner of a view (micrometres from the tissue patch's corner) and its pixel size: the one
+    mapping from scene to pixels, shared by the renderer and the ground truth so that they cannot disagree."""
     tissue_mpp = scene.meta["tissue"]["resized_mpp_x"]
     if view == "tissue":
-        origin, pixel = np.zeros(2), tissue_mpp
-    elif view == "cell":
+        return np.zeros(2), tissue_mpp
+    if view == "cell":
         box = cell_box_in_tissue(scene.meta)
-        origin, pixel = np.array([box.x0, box.y0]) * PATCH_SIZE * tissue_mpp, scene.meta["cell"]["resized_mpp_x"]
-    else:
-        raise ValueError(f"view must be 'cell' or 'tissue', not {view!r}")
-    xs, ys = origin[0] + (np.arange(PATCH_SIZE) + 0.5) * pixel, origin[1] + (np.arange(PATCH_SIZE) + 0.5) * pixel
+        return np.array([box.x0, box.y0]) * PATCH_SIZE * tissue_mpp, scene.meta["cell"]["resized_mpp_x"]
+    raise ValueError(f"view must be 'cell' or 'tissue', not {view!r}")
+
+
+def _pixel_centres(origin: np.ndarray, pixel: float) -> tuple[np.ndarray, np.ndarray]:
+    centres = (np.arange(PATCH_SIZE) + 0.5) * pixel
+    return origin[0] + centres, origin[1] + centres
+
+
+def _whiteness(scene: Scene, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """0 in tissue, 1 in white spaces; crosses 0.5 where the lumen field reaches LUMEN_LEVEL, the level above
+    which no nucleus is drawn."""
+    return np.clip((scene.lumen.grid(xs, ys) - (LUMEN_LEVEL - 0.05)) * 10, 0, 1)
+
+
+def render(scene: Scene, view: str) -> np.ndarray:
+    """The (1024, 1024, 3) uint8 RGB `view` ("cell" or "tissue") of the scene."""
+    origin, pixel = _view_frame(scene, view)
+    xs, ys = _pixel_centres(origin, pixel)
 
     tumour = scene.tumour.membership(xs[None, :], ys[:, None])
-    white = np.clip((scene.lumen.grid(xs, ys) - (LUMEN_LEVEL - 0.05)) * 10, 0, 1)
+    white = _whiteness(scene, xs, ys)
     eosin = (0.3 + 0.25 * scene.stroma.grid(xs, ys) + 0.06 * scene.fibres.grid(xs, ys)) * (1 - 0.3 * tumour)
     haematoxylin = 0.04 + 0.1 * tumour
     # Chromatin granules (~1-3 um) are resolved at cell resolution and averaged away in tissue pixels.
@@ -234,6 +254,31 @@ def _rasterise_nuclei(nuclei: np.ndarray, xs: np.ndarray, ys: np.ndarray, pixel:
         np.maximum(stain[r0:r1, c0:c1], granular, out=stain[r0:r1, c0:c1])
         np.maximum(cover[r0:r1, c0:c1], coverage, out=cover[r0:r1, c0:c1])
     return stain, cover
+
+
+# -------------------------------------------------------------------------------------------- ground truth
+
+
+def cell_annotations(scene: Scene) -> np.ndarray:
+    """(n, 3) int64 x, y, class of every nucleus centred in the cell field of view, in reading order (rows, then
+    columns): the cell-patch pixel holding the centre, class TC (2) where the nucleus lies in a tumour region
+    (membership > 0.5, the rule that also drew it as a tumour nucleus), else BC (1)."""
+    origin, pixel = _view_frame(scene, "cell")
+    x, y = scene.nuclei[:, 0], scene.nuclei[:, 1]
+    col, row = np.floor((x - origin[0]) / pixel), np.floor((y - origin[1]) / pixel)
+    inside = (col >= 0) & (col < PATCH_SIZE) & (row >= 0) & (row < PATCH_SIZE)
+    classes = np.where(scene.tumour.membership(x[inside], y[inside]) > 0.5, 2, 1)
+    points = np.stack([col[inside], row[inside], classes], axis=1).astype(np.int64)
+    return points[np.lexsort((points[:, 0], points[:, 1]))]
+
+
+def tissue_annotation(scene: Scene) -> np.ndarray:
+    """(1024, 1024) uint8 tissue mask at tissue resolution: cancer area (2) where tumour membership > 0.5, else
+    background (1); white spaces, which hold no cells, are unknown (255) as unlabelled areas are in the release."""
+    xs, ys = _pixel_centres(*_view_frame(scene, "tissue"))
+    mask = np.where(scene.tumour.membership(xs[None, :], ys[:, None]) > 0.5, CA, BG).astype(np.uint8)
+    mask[_whiteness(scene, xs, ys) > 0.5] = UNKNOWN
+    return mask
 
 
 # ------------------------------------------------------------------------------------------------- writing
@@ -329,14 +374,85 @@ def write_sample(out_dir: str | Path, pairs: int, seed: int, compression: str | 
     return out_dir
 
 
+RELEASE_INFO = {
+    "description": "Synthetic stand-in for the OCELOT 2023 release, same layout: procedurally drawn H&E-like "
+                   "scenes with exact ground truth, written by ocelot_algo.sample. No patient or licensed data.",
+    "organization": "ocelot_algo (generated)",
+    "license": "Generated data; the licence of the ocelot_algo project that generated it applies.",
+}
+RELEASE_LABELS = {"cell": {"1": "BC (Background Cell)", "2": "TC (Tumor Cell)"},
+                  "tissue": {"1": "BG (Background)", "2": "CA (Cancer Area)", "255": "UNK (Unknown)"}}
+JPEG_QUALITY = 90
+
+
+def write_release_sample(out_dir: str | Path, pairs: int, seed: int, split: str = "train", folds: int = 2) -> Path:
+    """Write `pairs` synthetic pairs with ground truth in the OCELOT release's layout; returns out_dir.
+
+    So training, evaluation and the release reader run without the licensed data. Ids are "001".."NNN" as in
+    the release, and pair id n is `pair_scene(seed, n)` (slide name SYNTHETIC-<seed>-<n>), so a pair's files do
+    not depend on how many pairs are written. folds.json deals the ids round-robin into `folds` folds. Every
+    file is written atomically and metadata.json last, so a folder with a metadata.json is complete. Files of
+    the same names are replaced; pair files of other ids in the split's folders are refused (they would be
+    read as pairs the metadata lacks)."""
+    if not 1 <= pairs <= 999:
+        raise ValueError(f"pairs must be 1..999 (three-digit ids, as in the release), not {pairs}")
+    if not 1 <= folds <= pairs:
+        raise ValueError(f"folds must be 1..pairs ({pairs}) so that no fold is empty, not {folds}")
+    out_dir = Path(out_dir)
+    ids = [f"{n:03d}" for n in range(1, pairs + 1)]
+    folders = {(kind, view): out_dir / kind / split / view for kind in ("images", "annotations")
+               for view in ("cell", "tissue")}
+    stale = sorted(path for folder in folders.values() if folder.is_dir() for path in folder.iterdir()
+                   if path.stem not in ids)
+    if stale:
+        raise ValueError(f"{stale[0]}: not a pair of this sample ({len(stale)} such files under {out_dir}); "
+                         f"write into an empty folder")
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+
+    entries = {}
+    for pair_id in ids:
+        scene = pair_scene(seed, int(pair_id))
+        for view in ("cell", "tissue"):
+            write_atomic(folders["images", view] / f"{pair_id}.jpg",
+                         _encoded(render(scene, view), "JPEG", quality=JPEG_QUALITY))
+        write_atomic(folders["annotations", "cell"] / f"{pair_id}.csv",
+                     "".join(f"{x},{y},{cls}\n" for x, y, cls in cell_annotations(scene)))
+        write_atomic(folders["annotations", "tissue"] / f"{pair_id}.png", _encoded(tissue_annotation(scene), "PNG"))
+        entries[pair_id] = {**scene.meta, "subset": split}
+    write_atomic(out_dir / "folds.json", json.dumps({"folds": [ids[k::folds] for k in range(folds)]}) + "\n")
+    metadata = {"general_info": RELEASE_INFO, "label_info": RELEASE_LABELS, "sample_pairs": entries}
+    write_atomic(out_dir / "metadata.json", json.dumps(metadata, indent=2) + "\n")
+    return out_dir
+
+
+def _encoded(pixels: np.ndarray, image_format: str, **options) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ocelot_algo make-sample", description=write_sample.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m ocelot_algo make-sample",
+        description="Write synthetic pairs: a Grand-Challenge input folder (default) or, with --layout release, "
+                    "the OCELOT release's layout with ground truth and folds.")
     parser.add_argument("--out", required=True, help="folder to write (created; files of the same name replaced)")
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", choices=("gc", "release"), default="gc")
     parser.add_argument("--compression", choices=("zlib",), default=None,
-                        help="compress the TIFF strips (default: uncompressed, as GC stores them)")
+                        help="gc layout: compress the TIFF strips (default: uncompressed, as GC stores them)")
+    parser.add_argument("--split", default="train", help="release layout: the subset folder and metadata value")
+    parser.add_argument("--folds", type=int, default=2, help="release layout: folds in folds.json")
     args = parser.parse_args(argv)
-    out = write_sample(args.out, args.pairs, args.seed, args.compression)
-    print(f"wrote {args.pairs} synthetic pairs to {out}")
+    if args.layout == "release":
+        if args.compression:
+            parser.error("--compression applies to the gc layout only")
+        out = write_release_sample(args.out, args.pairs, args.seed, args.split, args.folds)
+    else:
+        out = write_sample(args.out, args.pairs, args.seed, args.compression)
+    print(f"wrote {args.pairs} synthetic pairs ({args.layout} layout) to {out}")
     return 0

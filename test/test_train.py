@@ -1,0 +1,103 @@
+"""Training end to end on a few pairs: real ones when ../shared/ocelot is here, else the synthetic release."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, SHARED_DATA
+from ocelot_algo.data import AugmentConfig, Batcher, cell_targets, load_samples
+from ocelot_algo.geometry import Box
+from ocelot_algo.weights import load_ensemble, load_member
+
+TINY = ["--steps", "3", "--eval-every", "2", "--pairs", "2", "--crops-per-pair", "1", "--crop", "128",
+        "--cell-size", "256", "--tissue-size", "128", "--warmup", "1", "--tta", "flips"]
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """A release-layout folder of 4 pairs in 2 folds."""
+    root = tmp_path_factory.mktemp("release")
+    if not (SHARED_DATA / "metadata.json").is_file():
+        from ocelot_algo.sample import write_release_sample
+
+        return write_release_sample(root, pairs=4, seed=0, split="train", folds=2)
+    metadata = json.loads((SHARED_DATA / "metadata.json").read_text())
+    ids = sorted(metadata["sample_pairs"])[:4]
+    metadata["sample_pairs"] = {i: metadata["sample_pairs"][i] for i in ids}
+    (root / "metadata.json").write_text(json.dumps(metadata))
+    (root / "folds.json").write_text(json.dumps({"folds": [ids[:2], ids[2:]]}))
+    for kind, suffix in [("images/train/cell", "jpg"), ("images/train/tissue", "jpg"),
+                         ("annotations/train/cell", "csv"), ("annotations/train/tissue", "png")]:
+        (root / kind).mkdir(parents=True)
+        for i in ids:
+            (root / kind / f"{i}.{suffix}").symlink_to(SHARED_DATA / kind / f"{i}.{suffix}")
+    return root
+
+
+def train(*args, launcher=(sys.executable, "-m", "ocelot_algo")):
+    result = subprocess.run([*launcher, "train", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_training_exports_a_member_with_tuned_postprocessing_and_resumes(release, tmp_path):
+    run = tmp_path / "run"
+    result = train("--data", str(release), "--fold", "0", "--out", str(run), *TINY)
+    assert "mF1" in (run / "train.log").read_text()
+    member = load_member(run, "model")
+    info = json.loads((run / "model.json").read_text())["info"]
+    assert info["steps"] == 3 and info["val_tta"] == "flips" and "val_mF1_tuned" in info
+    assert set(member.config.postprocess) == {"sigma", "min_distance", "threshold"}
+    with np.load(run / "val_maps.npz") as maps:
+        assert maps["maps"].shape[1:] == (3, 256, 256) and len(maps["ids"]) == 2
+
+    longer = [a if a != "3" else "4" for a in TINY]  # the same run, one step more
+    result = train("--data", str(release), "--fold", "0", "--out", str(run), "--resume", *longer)
+    assert "resumed at step 3" in result.stderr
+    assert json.loads((run / "state.json").read_text())["step"] == 4
+
+
+def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
+    runs = [tmp_path / f"fold{k}" for k in (0, 1)]
+    for k, run in enumerate(runs):
+        train("--data", str(release), "--fold", str(k), "--out", str(run), *TINY)
+    weights, report = tmp_path / "weights", tmp_path / "report"
+    result = subprocess.run([sys.executable, "-m", "ocelot_algo", "ensemble", "--runs", *map(str, runs), "--data",
+                             str(release), "--out", str(weights), "--report", str(report), "--bootstrap", "50"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ensemble = load_ensemble(weights)
+    assert ensemble.names == ["fold0", "fold1"] and ensemble.manifest["trained"]
+    assert "CC BY-NC" in ensemble.manifest["licence"]
+    assert (report / "report.md").is_file()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux")
+def test_distributed_training_with_two_gloo_processes(release, tmp_path):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ocelot_algo")
+    train("--data", str(release), "--fold", "0", "--out", str(tmp_path / "ddp"), "--device", "cpu", *TINY,
+          launcher=launcher)
+    assert (tmp_path / "ddp" / "model.safetensors").is_file()
+
+
+def test_batches_are_deterministic_and_targets_follow_the_cells(release):
+    samples = load_samples(release, json.loads((release / "folds.json").read_text())["folds"][1], 256, 128)
+    batcher = Batcher(samples, crop=128, pairs=2, crops_per_pair=2, target="disk", augment=AugmentConfig(), seed=3)
+    first, again, other = batcher(7), batcher(7), batcher(8)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["cell"], other["cell"])
+    assert first["cell"].shape == (4, 3, 128, 128) and first["tissue"].shape == (2, 3, 128, 128)
+    assert torch.allclose(first["target"].sum(1), torch.ones(4, 128, 128))
+
+
+def test_disk_and_gaussian_targets():
+    points = np.array([[512, 512, 2], [520, 512, 1]])  # two touching cells
+    window = Box(0.25, 0.25, 0.75, 0.75)  # 512 px of the patch on a 64-px grid: 8 px per grid px
+    disk = cell_targets(points, window, 64, radius_px=2.0, kind="disk")
+    assert disk[2, 32, 32] == 1 and disk[1, 32, 33] == 1 and disk[0, 0, 0] == 1  # nearest cell owns each pixel
+    gauss = cell_targets(points, window, 64, radius_px=2.0, kind="gaussian")
+    assert 0 < gauss[2, 32, 30] < 1 and torch.allclose(gauss.sum(0), torch.ones(64, 64))
