@@ -45,12 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         sample, out = Path(tmp) / "input", Path(tmp) / "output"
         subprocess.run([sys.executable, "-m", "ocelot_algo", "make-sample", "--out", str(sample),
                         "--pairs", str(args.pairs), "--seed", "1"], check=True, stdout=subprocess.DEVNULL)
-        from . import pipeline, weights
+        from .pipeline import predict
 
-        weights_dir = weights.resolve_weights_dir(args.weights)
-        if args.members:
-            weights_dir = _subset_of_members(weights_dir, args.members, Path(tmp) / "weights")
-        report = pipeline.predict(sample, out, weights=weights_dir, device=args.device, tta=args.tta, progress=False)
+        report = predict(sample, out, weights=args.weights, device=args.device, tta=args.tta, members=args.members,
+                         progress=False)
 
     n = max(report.pairs, 1)
     forward = sum(report.stages.get(k, 0.0) for k in FORWARD_STAGES)
@@ -76,14 +74,3 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(text + "\n")
     return 0
 
-
-def _subset_of_members(source: Path, count: int, target: Path) -> Path:
-    """A weights folder holding the first `count` members of `source` (links, not copies)."""
-    manifest = json.loads((source / "manifest.json").read_text())
-    manifest["members"] = manifest["members"][:count]
-    target.mkdir(parents=True)
-    for name in manifest["members"]:
-        for suffix in (".safetensors", ".json"):
-            (target / f"{name}{suffix}").symlink_to((source / f"{name}{suffix}").resolve())
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return target

@@ -41,13 +41,13 @@ class RunReport:
 
 
 def predict(input_dir: str | Path, output_dir: str | Path, *, weights: str | Path | None = None, device: str = "auto",
-            tta: str | None = None, split: str = "test", progress: bool = True) -> RunReport:
+            tta: str | None = None, members: int | None = None, split: str = "test", progress: bool = True) -> RunReport:
     started = time.perf_counter()
     inputs = open_inputs(input_dir, split=split)
     device = select_device(device)
     log_environment(input_dir, device)
     weights_dir = resolve_weights_dir(weights)
-    ensemble = load_ensemble(weights_dir, device)
+    ensemble = load_ensemble(weights_dir, device, members)
     predictor = Predictor.from_ensemble(ensemble, device, tta)
     log.info("weights %s: %d member(s), tta %s (%d views), %s", weights_dir, len(ensemble.members),
              tta or ensemble.tta, len(predictor.views),
@@ -114,6 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights folder with manifest.json (default: /opt/ml/model when it holds one, else weights/)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--tta", default=None, choices=sorted(TTA_MODES), help="override the manifest's test-time augmentation")
+    parser.add_argument("--members", type=int, default=None, help="use only the first N ensemble members (faster)")
     parser.add_argument("--split", default="test", help="split to read from a release folder (images/<split>/...)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -125,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        predict(args.input, args.output, weights=args.weights, device=args.device, tta=args.tta, split=args.split,
-                progress=not args.quiet)
+        predict(args.input, args.output, weights=args.weights, device=args.device, tta=args.tta, members=args.members,
+                split=args.split, progress=not args.quiet)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

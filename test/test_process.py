@@ -1,0 +1,105 @@
+"""The entrypoint end to end: outputs that Grand-Challenge accepts, and one-line errors that write nothing."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SAMPLE_INPUT
+from ocelot_algo.output import validate_document
+from ocelot_algo.pipeline import main as predict_main
+
+
+def run_process(*args):
+    return subprocess.run([sys.executable, "process.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_process_writes_a_valid_document_for_every_pair(random_weights, tmp_path):
+    result = run_process("--input", str(SAMPLE_INPUT), "--output", str(tmp_path), "--weights", str(random_weights),
+                         "--tta", "none", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "torch" in result.stderr and "UNTRAINED" in result.stderr  # environment and weights are logged
+    document = json.loads((tmp_path / "cell_classification.json").read_text())
+    pairs = len(json.loads((SAMPLE_INPUT / "metadata.json").read_text()))
+    assert validate_document(document, pair_count=pairs, require_points=True) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["cell_classification.json"]
+
+    again = tmp_path / "again"
+    assert predict_main(["--input", str(SAMPLE_INPUT), "--output", str(again), "--weights", str(random_weights),
+                         "--tta", "none", "--quiet"]) == 0
+    assert (again / "cell_classification.json").read_bytes() == (tmp_path / "cell_classification.json").read_bytes()
+
+
+def test_release_layout_also_writes_one_csv_per_pair(random_weights, tmp_path):
+    from ocelot_algo.sample import write_release_sample
+
+    release = write_release_sample(tmp_path / "release", pairs=2, seed=0, split="test", folds=1)
+    out = tmp_path / "out"
+    assert predict_main(["--input", str(release), "--split", "test", "--output", str(out), "--weights",
+                         str(random_weights), "--tta", "none", "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["001.csv", "002.csv", "cell_classification.json"]
+    rows = [line.split(",") for line in (out / "001.csv").read_text().splitlines()]
+    assert rows and all(len(r) == 4 and r[2] in ("1", "2") and 0 <= float(r[3]) <= 1 for r in rows)
+
+
+def broken_sample(tmp_path, change):
+    copy = tmp_path / "input"
+    shutil.copytree(SAMPLE_INPUT, copy)
+    change(copy)
+    return copy
+
+
+BAD_INPUTS = {
+    "missing socket folder": (lambda d: shutil.rmtree(d / "images" / "tissue_patches"), "tissue_patches"),
+    "two images in a socket": (lambda d: shutil.copy(d / "images/cell_patches/cell_patches.tif",
+                                                     d / "images/cell_patches/second.tif"), "cell_patches"),
+    "truncated image": (lambda d: (d / "images/cell_patches/cell_patches.tif").write_bytes(
+        (d / "images/cell_patches/cell_patches.tif").read_bytes()[:5000]), "cell_patches.tif"),
+    "metadata not JSON": (lambda d: (d / "metadata.json").write_text("[{"), "metadata.json"),
+    "metadata count mismatch": (lambda d: (d / "metadata.json").write_text(
+        json.dumps(json.loads((d / "metadata.json").read_text())[:1])), "metadata.json"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_on_stderr_exit_2_and_no_output(case, random_weights, tmp_path, capsys):
+    change, named = BAD_INPUTS[case]
+    out = tmp_path / "out"
+    code = predict_main(["--input", str(broken_sample(tmp_path, change)), "--output", str(out),
+                         "--weights", str(random_weights), "--quiet"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert error[-1].startswith("error: ") and named in error[-1]
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "mismatched"])
+def test_bad_weights_are_one_line_on_stderr_exit_2_and_no_output(damage, random_weights, tmp_path, capsys):
+    weights = tmp_path / "weights"
+    shutil.copytree(random_weights, weights)
+    tensors = weights / "member0.safetensors"
+    if damage == "missing":
+        tensors.unlink()
+    elif damage == "corrupt":
+        tensors.write_bytes(tensors.read_bytes()[:1000])
+    else:
+        config = json.loads((weights / "member0.json").read_text())
+        config["model"]["injection"] = "none"
+        (weights / "member0.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    code = predict_main(["--input", str(SAMPLE_INPUT), "--output", str(out), "--weights", str(weights), "--quiet"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and error[-1].startswith("error: ") and "member0" in error[-1]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bench_reports_every_stage(random_weights, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ocelot_algo", "bench", "--pairs", "1", "--tta", "none",
+                             "--weights", str(random_weights), "--json", str(tmp_path / "bench.json")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["pairs"] == 1 and report["device"] == "cpu" and report["peak_rss_mb"] > 0
+    assert {"read", "tissue_forward", "cell_forward", "tta_ensemble", "points", "write"} <= set(report["stage_per_pair_s"])
+    assert 0 < report["forward_share_of_wall"] <= 1
