@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .files import write_atomic
 from .geometry import PATCH_SIZE, Box, cell_box_in_tissue
 from .inputs import pair_id_order
 
@@ -679,20 +678,6 @@ def format_summary(report: dict) -> str:
         d = report["difference"]
         lines.append(f"{d['of']}: mF1 {_delta(d['mF1'])}  BC F1 {_delta(d['BC'])}  TC F1 {_delta(d['TC'])}")
     return "\n".join(lines)
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write via a temporary file in the same folder, so a reader never sees half a file."""
-    path = Path(path)
-    data = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_report(report: dict, out_dir: Path) -> list[Path]:

@@ -25,7 +25,8 @@ import numpy as np
 import tifffile
 from scipy.spatial import cKDTree
 
-from .evaluation import BG, CA, UNKNOWN, write_atomic
+from .evaluation import BG, CA, UNKNOWN
+from .files import write_atomic
 from .geometry import PATCH_SIZE, cell_box_in_tissue
 
 TISSUE_MPP = 0.7778  # nominal resized mpp of the release's tissue patches

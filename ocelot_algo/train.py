@@ -27,6 +27,7 @@ from .evaluation import count_matches, scores
 from .model import INJECTIONS, ModelConfig, create_model
 from .points import PostProcess, find_cells
 from .predictor import Predictor, select_device
+from .files import replace_atomically
 from .weights import load_imagenet_encoder, save_member, write_json
 
 log = logging.getLogger("ocelot_algo.train")
@@ -117,12 +118,16 @@ def tune_postprocess(maps: list[np.ndarray], gts: list[np.ndarray]) -> tuple[Pos
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 
+def _save_tensors(model, path: Path) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    replace_atomically(path, lambda temp: save_file(state, str(temp)))
+
+
 def _save_checkpoint(out: Path, model, optimizer, state: dict) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "checkpoint.safetensors.tmp")
-    torch.save(optimizer.state_dict(), out / "optimizer.pt.tmp")
+    """Each file replaced atomically, state.json last, so an interrupted save never leaves a file half-written."""
+    _save_tensors(model, out / "checkpoint.safetensors")
+    replace_atomically(out / "optimizer.pt", lambda temp: torch.save(optimizer.state_dict(), temp))
     write_json(out / "state.json", state)
-    os.replace(out / "checkpoint.safetensors.tmp", out / "checkpoint.safetensors")
-    os.replace(out / "optimizer.pt.tmp", out / "optimizer.pt")
 
 
 def _load_checkpoint(out: Path, model, optimizer) -> dict:
@@ -257,9 +262,9 @@ def _end_of_epoch(model, optimizer, val_samples, device, state, out: Path, loss_
         record.update(mF1=round(result["mF1"], 4), BC=round(result["BC"]["f1"], 4), TC=round(result["TC"]["f1"], 4))
         if result["mF1"] > state["best_mF1"]:
             state["best_mF1"], state["best_step"] = result["mF1"], state["step"]
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "best.safetensors")
+            _save_tensors(model, out / "best.safetensors")
     else:  # training on every pair: the last checkpoint is the one to keep
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "best.safetensors")
+        _save_tensors(model, out / "best.safetensors")
         state["best_step"] = state["step"]
     state["history"].append(record)
     log.info("epoch at step %d: %s", state["step"], json.dumps(record))

@@ -4,8 +4,6 @@ file, never a silent fallback to random weights."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .files import replace_atomically, write_atomic
 from .geometry import TTA_MODES
 from .model import CellTissueNet, ModelConfig, create_model
 from .points import PostProcess
@@ -39,20 +38,8 @@ class Ensemble:
     directory: Path
 
 
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the container runs as another user
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_json(path: Path, data: dict) -> None:
-    _write_atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_member(directory: Path, name: str, model: CellTissueNet, info: dict | None = None) -> None:
@@ -60,7 +47,7 @@ def save_member(directory: Path, name: str, model: CellTissueNet, info: dict | N
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _write_atomic(directory / f"{name}.safetensors", lambda tmp: save_file(state, tmp))
+    replace_atomically(directory / f"{name}.safetensors", lambda temp: save_file(state, str(temp)))
     write_json(directory / f"{name}.json", {"model": model.config.to_dict(), "info": info or {}})
 
 

@@ -1,7 +1,5 @@
-import time
 
 import numpy as np
-from scipy import ndimage
 
 from ocelot_algo.points import PostProcess, find_cells
 
