@@ -87,12 +87,23 @@ def tissue_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- validation
 
 
-def validation_maps(model, samples: list[Sample], device, tta: str = "none") -> list[np.ndarray]:
-    """Cell probability maps of every validation pair, through the inference predictor itself."""
+def validation_maps(model, samples: list[Sample], device, tta: str = "none") -> tuple[list, list]:
+    """Cell and tissue probability maps of every validation pair, through the inference predictor itself."""
     predictor = Predictor([model], tta=tta, device=device)
-    maps = [predictor.probabilities_on_grids(s.cell, s.tissue, s.box)[0] for s in samples]
+    maps = [predictor.probabilities_on_grids(s.cell, s.tissue, s.box) for s in samples]
     model.train()
-    return maps
+    return [cell for cell, _ in maps], [tissue for _, tissue in maps]
+
+
+def cancer_area_dice(tissue_maps: list, samples: list[Sample]) -> float | None:
+    """Dice of predicted vs annotated cancer area over all validation tissue pixels (unknown ones left out)."""
+    if not tissue_maps or tissue_maps[0] is None:
+        return None
+    predicted = np.concatenate([(m[1] > 0.5).ravel() for m in tissue_maps])
+    mask = np.concatenate([s.tissue_mask.numpy().ravel() for s in samples])
+    known = mask != 255
+    truth, predicted = mask[known] == 1, predicted[known]
+    return float(2 * (truth & predicted).sum() / max(1, truth.sum() + predicted.sum()))
 
 
 def score_maps(maps: list[np.ndarray], samples: list[Sample], params: PostProcess) -> dict:
@@ -258,8 +269,12 @@ def _end_of_epoch(model, optimizer, val_samples, device, state, out: Path, loss_
     record = {"step": state["step"], "minutes": round(state["seconds"] / 60, 1),
               "loss_cell": round(loss_cell, 4), "loss_tissue": round(loss_tissue, 4)}
     if val_samples:
-        result = score_maps(validation_maps(model, val_samples, device), val_samples, PostProcess())
+        cell_maps, tissue_maps = validation_maps(model, val_samples, device)
+        result = score_maps(cell_maps, val_samples, PostProcess())
         record.update(mF1=round(result["mF1"], 4), BC=round(result["BC"]["f1"], 4), TC=round(result["TC"]["f1"], 4))
+        dice = cancer_area_dice(tissue_maps, val_samples)
+        if dice is not None:
+            record["cancer_area_dice"] = round(dice, 4)
         if result["mF1"] > state["best_mF1"]:
             state["best_mF1"], state["best_step"] = result["mF1"], state["step"]
             _save_tensors(model, out / "best.safetensors")
@@ -281,7 +296,7 @@ def _export(out: Path, val_samples, device, state, args) -> None:
             "train_minutes": round(state["seconds"] / 60, 1), "device": str(device), "target": args.target,
             "seed": args.seed}
     if val_samples:
-        maps = validation_maps(model, val_samples, device, tta=args.tta)
+        maps, _ = validation_maps(model, val_samples, device, tta=args.tta)
         params, mf1 = tune_postprocess(maps, [s.points for s in val_samples])
         model.config.postprocess = params.to_dict()
         info.update(val_mF1_default=round(state["best_mF1"], 4), val_mF1_tuned=round(mf1, 4), val_tta=args.tta)
