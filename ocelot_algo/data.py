@@ -147,12 +147,15 @@ class Batcher:
         self.samples, self.crop, self.pairs, self.crops_per_pair = samples, crop, pairs, crops_per_pair
         self.target, self.augment, self.seed, self.rank = target, augment, seed, rank
 
-    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+    def __call__(self, step: int, pairs: int | None = None, crops_per_pair: int | None = None) -> dict[str, torch.Tensor]:
+        """Batch `step`; `crops_per_pair=0` gives tissue patches only (tissue pre-training)."""
+        pairs = self.pairs if pairs is None else pairs
+        crops_per_pair = self.crops_per_pair if crops_per_pair is None else crops_per_pair
         rng = np.random.default_rng([self.seed, self.rank, step])
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         aug = self.augment
         cells, tissues, masks, boxes, targets, owners = [], [], [], [], [], []
-        for p, index in enumerate(rng.choice(len(self.samples), self.pairs, replace=len(self.samples) < self.pairs)):
+        for p, index in enumerate(rng.choice(len(self.samples), pairs, replace=len(self.samples) < pairs)):
             s = self.samples[index]
             view = ALL_DIHEDRAL[rng.integers(8)] if aug.dihedral else ALL_DIHEDRAL[0]
             cell, tissue = apply_dihedral(s.cell, view), apply_dihedral(s.tissue, view)
@@ -163,7 +166,7 @@ class Batcher:
             tissues.append(tissue)
             masks.append(apply_dihedral(s.tissue_mask, view))
             grid = cell.shape[-1]
-            for _ in range(self.crops_per_pair):
+            for _ in range(crops_per_pair):
                 side = min(grid, int(round(self.crop * rng.uniform(*aug.scale))))
                 x0, y0 = rng.integers(0, grid - side + 1, size=2)
                 window = Box(x0 / grid, y0 / grid, (x0 + side) / grid, (y0 + side) / grid)
@@ -176,16 +179,16 @@ class Batcher:
                 targets.append(cell_targets(points, window, self.crop, radius, self.target))
                 boxes.append(sub_box(box, window))
                 owners.append(p)
-        cell = torch.stack(cells)
+        cell = torch.stack(cells) if cells else torch.zeros(0, 3, self.crop, self.crop)
         tissue = torch.stack(tissues).float()
-        cell, tissue = self._photometric(cell, tissue, torch.tensor(owners), rng, gen)
+        cell, tissue = self._photometric(cell, tissue, torch.tensor(owners, dtype=torch.long), rng, gen)
         return {
             "cell": cell.contiguous(memory_format=torch.channels_last),
             "tissue": tissue.contiguous(memory_format=torch.channels_last),
             "tissue_mask": torch.stack(masks).long(),
-            "boxes": torch.tensor(boxes, dtype=torch.float32),
-            "owner": torch.tensor(owners),
-            "target": torch.stack(targets),
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "owner": torch.tensor(owners, dtype=torch.long),
+            "target": torch.stack(targets) if targets else torch.zeros(0, 3, self.crop, self.crop),
         }
 
     def _photometric(self, cell, tissue, owners, rng, gen):
@@ -208,6 +211,6 @@ class Batcher:
                 if rng.random() < aug.noise_p:
                     image = image + float(rng.uniform(1, 6)) * torch.randn(image.shape, generator=gen)
                 out.append(image)
-            return torch.stack(out).clamp(0, 255)
+            return torch.stack(out).clamp(0, 255) if out else images
 
         return apply(cell, owners), apply(tissue, torch.arange(n))

@@ -42,7 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="release root: metadata.json, folds.json, images/, annotations/")
     p.add_argument("--fold", type=int, required=True, help="validation fold in folds.json; -1 trains on every pair")
     p.add_argument("--out", required=True, help="run folder (checkpoint, log, exported member)")
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps; the learning-rate schedule spans them")
+    p.add_argument("--steps", type=int, default=1200, help="joint optimizer steps; the learning-rate schedule spans them")
+    p.add_argument("--tissue-steps", type=int, default=600,
+                   help="tissue-branch-only steps before the joint ones (their own schedule), so the cell branch "
+                        "gets useful tissue context from its first step; ignored for --injection none")
+    p.add_argument("--tissue-batch", type=int, default=8, help="tissue patches per tissue-only step")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumable) after this much wall time")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--injection", choices=INJECTIONS, default="input", help="how tissue context enters the cell branch")
@@ -150,9 +154,11 @@ def _load_checkpoint(out: Path, model, optimizer) -> dict:
 # ----------------------------------------------------------------------------------------------- main loop
 
 
-def learning_rate(step: int, args) -> float:
+def learning_rate(step: int, phase_start: int, phase_steps: int, args) -> float:
+    """Linear warm-up then cosine decay, within each phase (tissue pre-training, joint training)."""
+    step -= phase_start
     warm = min(1.0, (step + 1) / max(1, args.warmup))
-    return args.lr * warm * 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps))
+    return args.lr * warm * 0.5 * (1 + math.cos(math.pi * min(step, phase_steps) / phase_steps))
 
 
 def _setup_distributed(device_name: str) -> tuple[int, int]:
@@ -200,22 +206,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and (out / "state.json").exists():
         state = _load_checkpoint(out, model, optimizer)
         log.info("resumed at step %d", state["step"])
-    trainable = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    tissue_steps = args.tissue_steps if config.uses_tissue else 0
+    total = tissue_steps + args.steps
+    trainable = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=tissue_steps > 0) \
+        if world > 1 else model
     batcher = Batcher(train_samples, crop=args.crop, pairs=args.pairs, crops_per_pair=args.crops_per_pair,
                       target=args.target, augment=AugmentConfig(), seed=args.seed, rank=rank)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
 
     session_start, step = time.time(), state["step"]
-    progress = _progress(range(step, args.steps), rank == 0, initial=step, total=args.steps)
+    progress = _progress(range(step, total), rank == 0, initial=step, total=total)
     for step in progress:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batcher(step).items()}
+        tissue_only = step < tissue_steps
+        batch = batcher(step, pairs=args.tissue_batch, crops_per_pair=0) if tissue_only else batcher(step)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        phase = (0, tissue_steps) if tissue_only else (tissue_steps, args.steps)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args)
+            group["lr"] = learning_rate(step, *phase, args)
         with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
             cell_logits, tissue_logits = trainable(batch["cell"], batch["tissue"], batch["boxes"], batch["owner"])
-        loss_cell = cell_loss(cell_logits, batch["target"])
-        loss_tissue = tissue_loss(tissue_logits, batch["tissue_mask"]) if tissue_logits is not None else torch.zeros(())
-        loss = loss_cell + args.tissue_weight * loss_tissue.to(loss_cell.device)
+        loss_cell = cell_loss(cell_logits, batch["target"]) if cell_logits is not None else torch.zeros((), device=device)
+        loss_tissue = tissue_loss(tissue_logits, batch["tissue_mask"]) if tissue_logits is not None \
+            else torch.zeros((), device=device)
+        loss = loss_cell + (1.0 if tissue_only else args.tissue_weight) * loss_tissue
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -225,11 +238,13 @@ def main(argv: list[str] | None = None) -> int:
 
         done = step + 1
         out_of_time = args.max_minutes is not None and time.time() - session_start > 60 * args.max_minutes
-        if done % args.eval_every == 0 or done == args.steps or out_of_time:
+        joint_done = done - tissue_steps
+        if (joint_done >= 0 and joint_done % args.eval_every == 0) or done == total or out_of_time:
             state["step"], state["seconds"] = done, state["seconds"] + time.time() - session_start
             session_start = time.time()
             if rank == 0:
-                _end_of_epoch(model, optimizer, val_samples, device, state, out, loss_cell.item(), loss_tissue.item())
+                _end_of_epoch(model, optimizer, val_samples, device, state, out, loss_cell.item(), loss_tissue.item(),
+                              tissue_only)
             if world > 1:
                 dist.barrier()
         if _agree(out_of_time, world):
@@ -265,10 +280,15 @@ def _progress(iterable, enabled: bool, **kwargs):
     return tqdm(iterable, desc="train", unit="step", mininterval=10, **kwargs)
 
 
-def _end_of_epoch(model, optimizer, val_samples, device, state, out: Path, loss_cell: float, loss_tissue: float) -> None:
+def _end_of_epoch(model, optimizer, val_samples, device, state, out: Path, loss_cell: float, loss_tissue: float,
+                  tissue_only: bool) -> None:
+    """Validation (cells and tissue; tissue only at the end of pre-training) and a checkpoint."""
     record = {"step": state["step"], "minutes": round(state["seconds"] / 60, 1),
               "loss_cell": round(loss_cell, 4), "loss_tissue": round(loss_tissue, 4)}
-    if val_samples:
+    if val_samples and tissue_only:
+        _, tissue_maps = validation_maps(model, val_samples, device)
+        record["cancer_area_dice"] = round(cancer_area_dice(tissue_maps, val_samples), 4)
+    elif val_samples:
         cell_maps, tissue_maps = validation_maps(model, val_samples, device)
         result = score_maps(cell_maps, val_samples, PostProcess())
         record.update(mF1=round(result["mF1"], 4), BC=round(result["BC"]["f1"], 4), TC=round(result["TC"]["f1"], 4))
@@ -292,7 +312,7 @@ def _export(out: Path, val_samples, device, state, args) -> None:
     model = create_model(ModelConfig(injection=args.injection, cell_size=args.cell_size, tissue_size=args.tissue_size))
     model.load_state_dict(load_file(str(out / "best.safetensors")))
     model = model.to(device, memory_format=torch.channels_last)
-    info = {"fold": args.fold, "best_step": state["best_step"], "steps": state["step"],
+    info = {"fold": args.fold, "best_step": state["best_step"], "steps": state["step"], "tissue_steps": args.tissue_steps,
             "train_minutes": round(state["seconds"] / 60, 1), "device": str(device), "target": args.target,
             "seed": args.seed}
     if val_samples:

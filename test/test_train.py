@@ -13,7 +13,7 @@ from ocelot_algo.data import AugmentConfig, Batcher, cell_targets, load_samples
 from ocelot_algo.geometry import Box
 from ocelot_algo.weights import load_ensemble, load_member
 
-TINY = ["--steps", "3", "--eval-every", "2", "--pairs", "2", "--crops-per-pair", "1", "--crop", "128",
+TINY = ["--steps", "3", "--tissue-steps", "2", "--tissue-batch", "2", "--eval-every", "2", "--pairs", "2", "--crops-per-pair", "1", "--crop", "128",
         "--cell-size", "256", "--tissue-size", "128", "--warmup", "1", "--tta", "flips"]
 
 
@@ -47,18 +47,19 @@ def train(*args, launcher=(sys.executable, "-m", "ocelot_algo")):
 def test_training_exports_a_member_with_tuned_postprocessing_and_resumes(release, tmp_path):
     run = tmp_path / "run"
     result = train("--data", str(release), "--fold", "0", "--out", str(run), *TINY)
-    assert "mF1" in (run / "train.log").read_text()
+    log = (run / "train.log").read_text()
+    assert "mF1" in log and "cancer_area_dice" in log
     member = load_member(run, "model")
     info = json.loads((run / "model.json").read_text())["info"]
-    assert info["steps"] == 3 and info["val_tta"] == "flips" and "val_mF1_tuned" in info
+    assert info["steps"] == 2 + 3 and info["val_tta"] == "flips" and "val_mF1_tuned" in info
     assert set(member.config.postprocess) == {"sigma", "min_distance", "threshold"}
     with np.load(run / "val_maps.npz") as maps:
         assert maps["maps"].shape[1:] == (3, 256, 256) and len(maps["ids"]) == 2
 
     longer = [a if a != "3" else "4" for a in TINY]  # the same run, one step more
     result = train("--data", str(release), "--fold", "0", "--out", str(run), "--resume", *longer)
-    assert "resumed at step 3" in result.stderr
-    assert json.loads((run / "state.json").read_text())["step"] == 4
+    assert "resumed at step 5" in result.stderr
+    assert json.loads((run / "state.json").read_text())["step"] == 2 + 4
 
 
 def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
