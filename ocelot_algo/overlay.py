@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 from .inputs import open_inputs
 from .pipeline import USER_ERRORS
@@ -39,27 +40,33 @@ def draw_cells(cell: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None
 def draw_tissue(tissue: np.ndarray, cancer_probability: np.ndarray | None, box, truth_mask: np.ndarray | None) -> Image.Image:
     """cancer_probability: (T, T) in [0, 1] on the tissue grid; truth_mask: uint8 1 = BG, 2 = CA, 255 = unknown."""
     image = tissue.astype(np.float32)
-    if cancer_probability is not None:
+    if cancer_probability is not None:  # blue stands out on H&E pink, where a red tint would not
         p = np.asarray(Image.fromarray(cancer_probability.astype(np.float32)).resize(tissue.shape[1::-1], Image.BILINEAR))
-        image = image * (1 - 0.45 * p[..., None]) + np.array([255.0, 0, 60]) * 0.45 * p[..., None]
+        image = image * (1 - 0.4 * p[..., None]) + np.array([0.0, 80, 255]) * 0.4 * p[..., None]
+        image[_outline(p > 0.5)] = (255, 220, 0)
     if truth_mask is not None:
-        cancer = truth_mask == 2
-        edge = cancer ^ np.pad(cancer, 1, mode="edge")[1:-1, 2:] | cancer ^ np.pad(cancer, 1, mode="edge")[2:, 1:-1]
-        image[edge] = (0, 255, 120)
+        image[_outline(truth_mask == 2)] = (0, 255, 120)
     result = Image.fromarray(image.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(result)
     size = tissue.shape[0]
     draw.rectangle([box.x0 * size, box.y0 * size, box.x1 * size, box.y1 * size], outline=(0, 0, 0), width=3)
-    _legend(draw, ["red tint: predicted cancer area", "green line: annotated cancer area" if truth_mask is not None else "",
-                   "black box: cell patch"])
+    _legend(draw, ["blue tint, yellow line: predicted cancer area",
+                   "green line: annotated cancer area" if truth_mask is not None else "", "black box: cell patch"])
     return result
+
+
+def _outline(region: np.ndarray) -> np.ndarray:
+    """Pixels of `region` (bool) that touch a pixel outside it, thickened to 3 px."""
+    edge = region & ~ndimage.binary_erosion(region, border_value=1)
+    return ndimage.binary_dilation(edge)
 
 
 def _legend(draw: ImageDraw.ImageDraw, lines: list[str]) -> None:
     lines = [line for line in lines if line]
-    draw.rectangle((0, 0, 300, 14 * len(lines) + 8), fill=(255, 255, 255))
+    font = ImageFont.load_default(size=22)
+    draw.rectangle((0, 0, 520, 28 * len(lines) + 10), fill=(255, 255, 255))
     for i, line in enumerate(lines):
-        draw.text((6, 4 + 14 * i), line, fill=(0, 0, 0))
+        draw.text((8, 5 + 28 * i), line, fill=(0, 0, 0), font=font)
 
 
 def main(argv: list[str] | None = None) -> int:

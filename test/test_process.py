@@ -103,3 +103,20 @@ def test_bench_reports_every_stage(random_weights, tmp_path):
     assert report["pairs"] == 1 and report["device"] == "cpu" and report["peak_rss_mb"] > 0
     assert {"read", "tissue_forward", "cell_forward", "tta_ensemble", "points", "write"} <= set(report["stage_per_pair_s"])
     assert 0 < report["forward_share_of_wall"] <= 1
+
+
+def test_overlay_draws_cells_and_tissue_with_ground_truth(random_weights, tmp_path):
+    from PIL import Image
+
+    from ocelot_algo.overlay import main as overlay_main
+    from ocelot_algo.sample import write_release_sample
+
+    release = write_release_sample(tmp_path / "release", pairs=1, seed=0, split="train", folds=1)
+    out = tmp_path / "overlays"
+    assert overlay_main(["--input", str(release), "--split", "train", "--pairs", "001", "--out", str(out),
+                         "--weights", str(random_weights), "--tta", "none"]) == 0
+    for name in ("001_cells.png", "001_tissue.png"):
+        with Image.open(out / name) as image:
+            assert image.size == (1024, 1024) and image.mode == "RGB"
+    source = Image.open(release / "images/train/cell/001.jpg")
+    assert Image.open(out / "001_cells.png").tobytes() != source.convert("RGB").tobytes()  # something was drawn
