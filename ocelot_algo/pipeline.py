@@ -43,36 +43,43 @@ class RunReport:
 def predict(input_dir: str | Path, output_dir: str | Path, *, weights: str | Path | None = None, device: str = "auto",
             tta: str | None = None, members: int | None = None, split: str = "test", progress: bool = True) -> RunReport:
     started = time.perf_counter()
-    inputs = open_inputs(input_dir, split=split)
-    device = select_device(device)
-    log_environment(input_dir, device)
-    weights_dir = resolve_weights_dir(weights)
-    ensemble = load_ensemble(weights_dir, device, members)
-    predictor = Predictor.from_ensemble(ensemble, device, tta)
-    log.info("weights %s: %d member(s), tta %s (%d views), %s", weights_dir, len(ensemble.members),
-             tta or ensemble.tta, len(predictor.views),
-             "trained" if ensemble.manifest.get("trained") else "UNTRAINED (placeholder weights)")
-    writer = PointsWriter(output_dir, inputs.layout, inputs.pair_names)
-    report = RunReport(device=str(device), startup_s=time.perf_counter() - started)
+    with open_inputs(input_dir, split=split) as inputs:
+        device = select_device(device)
+        log_environment(input_dir, device)
+        weights_dir = resolve_weights_dir(weights)
+        ensemble = load_ensemble(weights_dir, device, members)
+        predictor = Predictor.from_ensemble(ensemble, device, tta)
+        log.info("weights %s: %d member(s), tta %s (%d views), %s", weights_dir, len(ensemble.members),
+                 tta or ensemble.tta, len(predictor.views),
+                 "trained" if ensemble.manifest.get("trained") else "UNTRAINED (placeholder weights)")
+        writer = PointsWriter(output_dir, inputs.layout, inputs.pair_names)
+        report = RunReport(device=str(device), startup_s=time.perf_counter() - started)
+        _run_pairs(inputs, predictor, writer, report, progress)
+    log.info("%d pairs, %d cells in %.1f s (%.2f s/pair) -> %s", report.pairs, report.cells, report.wall_s,
+             report.wall_s / max(report.pairs, 1), report.output)
+    return report
 
-    with inputs, ThreadPoolExecutor(1, "reader") as reader, ThreadPoolExecutor(1, "points") as post:
-        loop_start = time.perf_counter()
-        n = len(inputs)
-        per_pair = [dict() for _ in range(n)]
 
-        def read(i):
-            t = time.perf_counter()
-            pair = inputs.read(i)
-            per_pair[i]["read"] = time.perf_counter() - t
-            return pair
+def _run_pairs(inputs, predictor: Predictor, writer: PointsWriter, report: RunReport, progress: bool) -> None:
+    """Pair i on the device while pair i+1 is read and pair i-1 turned into points; then the output is written."""
+    loop_start = time.perf_counter()
+    n = len(inputs)
+    per_pair = [dict() for _ in range(n)]
 
-        def to_points(i, probs):
-            t = time.perf_counter()
-            cells = find_cells(probs, predictor.postprocess)
-            writer.add(i, cells.x, cells.y, cells.cls, cells.probability)
-            per_pair[i]["points"] = time.perf_counter() - t
-            return len(cells)
+    def read(i):
+        t = time.perf_counter()
+        pair = inputs.read(i)
+        per_pair[i]["read"] = time.perf_counter() - t
+        return pair
 
+    def to_points(i, probs):
+        t = time.perf_counter()
+        cells = find_cells(probs, predictor.postprocess)
+        writer.add(i, cells.x, cells.y, cells.cls, cells.probability)
+        per_pair[i]["points"] = time.perf_counter() - t
+        return len(cells)
+
+    with ThreadPoolExecutor(1, "reader") as reader, ThreadPoolExecutor(1, "points") as post:
         pending, counts = deque(), []
         next_pair = reader.submit(read, 0) if n else None
         for i in _progress(range(n), progress):
@@ -86,17 +93,12 @@ def predict(input_dir: str | Path, output_dir: str | Path, *, weights: str | Pat
             while len(pending) > 2:  # bounded: memory must not grow with the number of pairs
                 counts.append(pending.popleft().result())
         counts.extend(f.result() for f in pending)
-        t = time.perf_counter()
-        report.output = str(writer.finish())
-        write_s = time.perf_counter() - t
-
+    t = time.perf_counter()
+    report.output = str(writer.finish())
     report.pairs, report.cells, report.per_pair = n, sum(counts), per_pair
-    report.wall_s = time.perf_counter() - loop_start
     report.stages = {k: sum(p.get(k, 0.0) for p in per_pair) for k in sorted({k for p in per_pair for k in p})}
-    report.stages["write"] = write_s
-    log.info("%d pairs, %d cells in %.1f s (%.2f s/pair) -> %s", n, report.cells, report.wall_s,
-             report.wall_s / max(n, 1), report.output)
-    return report
+    report.stages["write"] = time.perf_counter() - t
+    report.wall_s = time.perf_counter() - loop_start
 
 
 def _progress(iterable, enabled: bool):
