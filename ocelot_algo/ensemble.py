@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, help="training run folders, one per fold")
     parser.add_argument("--data", required=True, help="release root (ground truth)")
-    parser.add_argument("--out", required=True, help="weights folder to write (e.g. weights/)")
+    parser.add_argument("--out", help="weights folder to write (e.g. weights/); without it only the report is written")
     parser.add_argument("--report", required=True, help="folder for the out-of-fold evaluation report")
     parser.add_argument("--compare-runs", nargs="*", default=None, help="runs of a second configuration (ablation)")
     parser.add_argument("--name", default="shipped")
@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     report["settings"]["postprocess"] = params.to_dict()
     write_report(report, Path(args.report))
     print(format_summary(report))
+    if args.out is None:
+        return 0
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -67,8 +67,8 @@ def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
     for k, run in enumerate(runs):
         train("--data", str(release), "--fold", str(k), "--out", str(run), *TINY)
     weights, report = tmp_path / "weights", tmp_path / "report"
-    result = subprocess.run([sys.executable, "-m", "ocelot_algo", "ensemble", "--runs", *map(str, runs), "--data",
-                             str(release), "--out", str(weights), "--report", str(report), "--bootstrap", "50"],
+    ensemble_command = [sys.executable, "-m", "ocelot_algo", "ensemble", "--data", str(release), "--bootstrap", "50"]
+    result = subprocess.run([*ensemble_command, "--runs", *map(str, runs), "--out", str(weights), "--report", str(report)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     ensemble = load_ensemble(weights)
@@ -77,6 +77,14 @@ def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
     licence = (weights / "LICENCE.md").read_text()
     assert "CC BY-NC 4.0" in licence and "fold0, fold1" in licence and "Ryu et al." in licence
     assert (report / "report.md").is_file()
+
+    # an ablation on fewer folds: only a report, side by side, no weights written
+    ablation = tmp_path / "ablation"
+    result = subprocess.run([*ensemble_command, "--runs", str(runs[0]), "--compare-runs", str(runs[0]),
+                             "--report", str(ablation)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cell-only" in (ablation / "report.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ablation", "fold0", "fold1", "report", "weights"]
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux")
