@@ -28,6 +28,27 @@ def _seconds_to_import() -> float:
     return time.perf_counter() - start
 
 
+def _gflop_per_pair(weights: str | None, members: int | None, tta: str | None) -> float:
+    """Arithmetic of one pair (every member, every view) as torch counts it: the basis for estimating other devices."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .model import TISSUE_CLASSES
+    from .weights import load_ensemble, resolve_weights_dir
+
+    ensemble = load_ensemble(resolve_weights_dir(weights), members=members)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        for member in ensemble.members:
+            cell, tissue = member.config.cell_size, member.config.tissue_size
+            crop = None
+            if member.config.uses_tissue:
+                member.tissue_logits(torch.zeros(1, 3, tissue, tissue))
+                crop = torch.zeros(1, len(TISSUE_CLASSES), cell, cell)
+            member.cell_logits(torch.zeros(1, 3, cell, cell), crop)
+    return counter.get_total_flops() * len(TTA_MODES[tta or ensemble.tta]) / 1e9
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ocelot_algo bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "stage_per_pair_s": {k: round(v / n, 4) for k, v in report.stages.items()},
         "note": "read and points run on their own threads, overlapped with the forward passes",
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "gflop_per_pair": round(_gflop_per_pair(args.weights, args.members, args.tta), 1),
         "cells": report.cells,
         "per_pair_s": [{k: round(v, 4) for k, v in p.items()} for p in report.per_pair],
     }

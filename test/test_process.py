@@ -103,6 +103,17 @@ def test_bench_reports_every_stage(random_weights, tmp_path):
     assert report["pairs"] == 1 and report["device"] == "cpu" and report["peak_rss_mb"] > 0
     assert {"read", "tissue_forward", "cell_forward", "tta_ensemble", "points", "write"} <= set(report["stage_per_pair_s"])
     assert 0 < report["forward_share_of_wall"] <= 1
+    assert report["gflop_per_pair"] > 0
+
+
+def test_bench_counts_arithmetic_per_member_and_view(random_weights):
+    from ocelot_algo.bench import _gflop_per_pair
+    from ocelot_algo.weights import load_ensemble
+
+    one = _gflop_per_pair(str(random_weights), 1, "none")
+    assert _gflop_per_pair(str(random_weights), 1, "flips") == 4 * one
+    members = len(load_ensemble(random_weights).members)
+    assert _gflop_per_pair(str(random_weights), None, "none") == members * one
 
 
 def test_overlay_draws_cells_and_tissue_with_ground_truth(random_weights, tmp_path):
