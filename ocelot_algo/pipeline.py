@@ -20,6 +20,7 @@ from .inputs import InputError, log_environment, open_inputs
 from .output import PointsWriter
 from .points import find_cells
 from .predictor import Predictor, select_device
+from .preprocess import to_grid
 from .weights import WeightsError, load_ensemble, resolve_weights_dir
 
 log = logging.getLogger("ocelot_algo")
@@ -61,16 +62,20 @@ def predict(input_dir: str | Path, output_dir: str | Path, *, weights: str | Pat
 
 
 def _run_pairs(inputs, predictor: Predictor, writer: PointsWriter, report: RunReport, progress: bool) -> None:
-    """Pair i on the device while pair i+1 is read and pair i-1 turned into points; then the output is written."""
+    """Pair i on the device while pair i+1 is read and resized and pair i-1 turned into points; then the output is
+    written."""
     loop_start = time.perf_counter()
     n = len(inputs)
     per_pair = [dict() for _ in range(n)]
 
     def read(i):
+        """Pair i from disk, resized to the network's grids here, off the device's thread."""
         t = time.perf_counter()
         pair = inputs.read(i)
-        per_pair[i]["read"] = time.perf_counter() - t
-        return pair
+        per_pair[i]["read"] = (t2 := time.perf_counter()) - t
+        grids = to_grid(pair.cell, predictor.cell_size)[0], to_grid(pair.tissue, predictor.tissue_size)[0]
+        per_pair[i]["resize"] = time.perf_counter() - t2
+        return pair.box, grids
 
     def to_points(i, probs):
         t = time.perf_counter()
@@ -83,11 +88,11 @@ def _run_pairs(inputs, predictor: Predictor, writer: PointsWriter, report: RunRe
         pending, counts = deque(), []
         next_pair = reader.submit(read, 0) if n else None
         for i in _progress(range(n), progress):
-            pair = next_pair.result()
+            box, (cell_grid, tissue_grid) = next_pair.result()
             if i + 1 < n:
                 next_pair = reader.submit(read, i + 1)
             before = dict(predictor.timings)
-            probs, _ = predictor.probabilities(pair.cell, pair.tissue, pair.box)
+            probs, _ = predictor.probabilities_on_grids(cell_grid, tissue_grid, box)
             per_pair[i].update({k: v - before.get(k, 0.0) for k, v in predictor.timings.items()})
             pending.append(post.submit(to_points, i, probs))
             while len(pending) > 2:  # bounded: memory must not grow with the number of pairs

@@ -84,7 +84,7 @@ class Predictor:
 
     def probabilities(self, cell: np.ndarray, tissue: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray | None]:
         """(1024, 1024, 3) uint8 patches -> cell probabilities (3, S, S) and fused tissue probabilities (2, T, T)."""
-        with self._stage("to_device"):
+        with self._stage("resize"):
             cell_grid = to_grid(cell, self.cell_size, self.device)[0]
             tissue_grid = to_grid(tissue, self.tissue_size, self.device)[0]
         return self.probabilities_on_grids(cell_grid, tissue_grid, box)
@@ -93,9 +93,10 @@ class Predictor:
     def probabilities_on_grids(self, cell_grid: torch.Tensor, tissue_grid: torch.Tensor, box: Box
                                ) -> tuple[np.ndarray, np.ndarray | None]:
         """The same from patches already resized by `preprocess.to_grid` ((3, S, S) and (3, T, T), 0..255)."""
-        cell_grid = cell_grid.to(self.device, torch.float32)
-        tissue_grid = tissue_grid.to(self.device, torch.float32)
-        boxes = torch.tensor([box], dtype=torch.float32, device=self.device)
+        with self._stage("to_device"):
+            cell_grid = cell_grid.to(self.device, torch.float32)
+            tissue_grid = tissue_grid.to(self.device, torch.float32)
+            boxes = torch.tensor([box], dtype=torch.float32, device=self.device)
 
         tissue_probs, crops = None, {}
         with_tissue = [i for i, m in enumerate(self.members) if m.tissue is not None]
