@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .evaluation import Predictions, evaluate_dataset, format_summary, load_release, write_report
+from .files import write_atomic
 from .points import PostProcess, find_cells
 from .train import tune_postprocess
-from .files import write_atomic
 from .weights import write_manifest
 
 log = logging.getLogger("ocelot_algo.ensemble")
@@ -96,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(run / "model.safetensors", out / f"{name}.safetensors")
         shutil.copyfile(run / "model.json", out / f"{name}.json")
         members.append(name)
+    members.sort()
     overall = report["runs"][0]["overall"]
-    write_atomic(out / "LICENCE.md", LICENCE_TEXT.format(members=", ".join(sorted(members))))
-    write_manifest(out, sorted(members), tta=args.tta, tissue_fusion="mean", postprocess=params, trained=True,
+    write_atomic(out / "LICENCE.md", LICENCE_TEXT.format(members=", ".join(members)))
+    write_manifest(out, members, tta=args.tta, tissue_fusion="mean", postprocess=params, trained=True,
                    out_of_fold={"mF1": overall["mF1"], "pairs": len(truth)}, licence=LICENCE, citation=CITATION)
-    log.info("wrote %s with members %s", out / "manifest.json", ", ".join(sorted(members)))
+    log.info("wrote %s with members %s", out / "manifest.json", ", ".join(members))
     return 0

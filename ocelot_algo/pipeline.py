@@ -20,7 +20,6 @@ from .inputs import InputError, log_environment, open_inputs
 from .output import PointsWriter
 from .points import find_cells
 from .predictor import Predictor, select_device
-from .preprocess import to_grid
 from .weights import WeightsError, load_ensemble, resolve_weights_dir
 
 log = logging.getLogger("ocelot_algo")
@@ -73,7 +72,7 @@ def _run_pairs(inputs, predictor: Predictor, writer: PointsWriter, report: RunRe
         t = time.perf_counter()
         pair = inputs.read(i)
         per_pair[i]["read"] = (t2 := time.perf_counter()) - t
-        grids = to_grid(pair.cell, predictor.cell_size)[0], to_grid(pair.tissue, predictor.tissue_size)[0]
+        grids = predictor.grids(pair.cell, pair.tissue)
         per_pair[i]["resize"] = time.perf_counter() - t2
         return pair.box, grids
 

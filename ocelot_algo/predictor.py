@@ -82,11 +82,16 @@ class Predictor:
         with autocast:
             return fn(*args).float().softmax(1)
 
+    def grids(self, cell: np.ndarray, tissue: np.ndarray, device: torch.device | str = "cpu"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1024, 1024, 3) uint8 patches -> the networks' grids (3, S, S) and (3, T, T). Untimed and stateless, so a
+        reader thread can call it while the device works on the previous pair."""
+        return to_grid(cell, self.cell_size, device)[0], to_grid(tissue, self.tissue_size, device)[0]
+
     def probabilities(self, cell: np.ndarray, tissue: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray | None]:
         """(1024, 1024, 3) uint8 patches -> cell probabilities (3, S, S) and fused tissue probabilities (2, T, T)."""
         with self._stage("resize"):
-            cell_grid = to_grid(cell, self.cell_size, self.device)[0]
-            tissue_grid = to_grid(tissue, self.tissue_size, self.device)[0]
+            cell_grid, tissue_grid = self.grids(cell, tissue, self.device)
         return self.probabilities_on_grids(cell_grid, tissue_grid, box)
 
     @torch.inference_mode()
