@@ -69,11 +69,11 @@ def _run_pairs(inputs, predictor: Predictor, writer: PointsWriter, report: RunRe
 
     def read(i):
         """Pair i from disk, resized to the network's grids here, off the device's thread."""
-        t = time.perf_counter()
+        t0 = time.perf_counter()
         pair = inputs.read(i)
-        per_pair[i]["read"] = (t2 := time.perf_counter()) - t
+        t1 = time.perf_counter()
         grids = predictor.grids(pair.cell, pair.tissue)
-        per_pair[i]["resize"] = time.perf_counter() - t2
+        per_pair[i]["read"], per_pair[i]["resize"] = t1 - t0, time.perf_counter() - t1
         return pair.box, grids
 
     def to_points(i, probs):
