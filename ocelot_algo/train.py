@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         train_ids, val_ids = train_ids[: args.limit_pairs], val_ids[: args.limit_pairs]
     config = ModelConfig(injection=args.injection, cell_size=args.cell_size, tissue_size=args.tissue_size)
     started = time.time()
+    deadline = None if args.max_minutes is None else started + 60 * args.max_minutes  # the whole invocation's budget
     train_samples = load_samples(args.data, train_ids, config.cell_size, config.tissue_size)
     val_samples = load_samples(args.data, val_ids, config.cell_size, config.tissue_size) if rank == 0 else []
     log.info("fold %d: %d training pairs, %d validation pairs, loaded in %.0f s, device %s, %d process(es)",
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             progress.set_postfix(cell=f"{loss_cell.item():.3f}", tissue=f"{loss_tissue.item():.3f}", refresh=False)
 
         done = step + 1
-        out_of_time = args.max_minutes is not None and time.time() - session_start > 60 * args.max_minutes
+        out_of_time = deadline is not None and time.time() > deadline and done < total
         joint_done = done - tissue_steps
         if (joint_done >= 0 and joint_done % args.eval_every == 0) or done == total or out_of_time:
             state["step"], state["seconds"] = done, state["seconds"] + time.time() - session_start
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 dist.barrier()
         if _agree(out_of_time, world):
             if rank == 0:
-                log.info("time budget of %.0f min reached at step %d: resume with --resume", args.max_minutes, done)
+                log.info("time budget of %g min reached at step %d: resume with --resume", args.max_minutes, done)
             _finish_distributed(world)
             return 0
     if rank == 0:

@@ -44,9 +44,13 @@ def train(*args, launcher=(sys.executable, "-m", "ocelot_algo")):
     return result
 
 
-def test_training_exports_a_member_with_tuned_postprocessing_and_resumes(release, tmp_path):
+def test_training_stops_at_its_time_budget_resumes_and_exports_a_tuned_member(release, tmp_path):
     run = tmp_path / "run"
-    result = train("--data", str(release), "--fold", "0", "--out", str(run), *TINY)
+    result = train("--data", str(release), "--fold", "0", "--out", str(run), "--max-minutes", "0", *TINY)
+    assert "time budget of 0 min reached at step 1" in result.stderr
+    assert json.loads((run / "state.json").read_text())["step"] == 1 and not (run / "model.safetensors").exists()
+    result = train("--data", str(release), "--fold", "0", "--out", str(run), "--resume", *TINY)
+    assert "resumed at step 1" in result.stderr
     log = (run / "train.log").read_text()
     assert "mF1" in log and "cancer_area_dice" in log
     member = load_member(run, "model")
