@@ -140,12 +140,16 @@ class AugmentConfig:
 class Batcher:
     """Deterministic random batches: batch `step` of rank `rank` depends only on (seed, rank, step), so a resumed
     run continues exactly where it stopped. Each batch holds `pairs` tissue patches and `crops_per_pair` cell crops
-    of each (the tissue branch is as costly per image as the cell branch; sharing it halves that cost)."""
+    of each (the tissue branch is as costly per image as the cell branch; sharing it halves that cost).
+
+    `teacher_share`: each pair draws a share uniform in 0..teacher_share of its ground-truth tissue mask to blend
+    into the tissue context its cell crops see (see `CellTissueNet.forward`)."""
 
     def __init__(self, samples: list[Sample], *, crop: int, pairs: int, crops_per_pair: int, target: str,
-                 augment: AugmentConfig, seed: int, rank: int = 0):
+                 augment: AugmentConfig, seed: int, rank: int = 0, teacher_share: float = 0.0):
         self.samples, self.crop, self.pairs, self.crops_per_pair = samples, crop, pairs, crops_per_pair
         self.target, self.augment, self.seed, self.rank = target, augment, seed, rank
+        self.teacher_share = teacher_share
 
     def __call__(self, step: int, pairs: int | None = None, crops_per_pair: int | None = None) -> dict[str, torch.Tensor]:
         """Batch `step`; `crops_per_pair=0` gives tissue patches only (tissue pre-training)."""
@@ -182,6 +186,7 @@ class Batcher:
         cell = torch.stack(cells) if cells else torch.zeros(0, 3, self.crop, self.crop)
         tissue = torch.stack(tissues).float()
         cell, tissue = self._photometric(cell, tissue, torch.tensor(owners, dtype=torch.long), rng, gen)
+        teacher_share = rng.uniform(0.0, self.teacher_share, pairs) if self.teacher_share else np.zeros(pairs)
         return {
             "cell": cell.contiguous(memory_format=torch.channels_last),
             "tissue": tissue.contiguous(memory_format=torch.channels_last),
@@ -189,6 +194,7 @@ class Batcher:
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "owner": torch.tensor(owners, dtype=torch.long),
             "target": torch.stack(targets) if targets else torch.zeros(0, 3, self.crop, self.crop),
+            "teacher_share": torch.tensor(teacher_share, dtype=torch.float32),
         }
 
     def _photometric(self, cell, tissue, owners, rng, gen):

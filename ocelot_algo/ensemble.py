@@ -2,14 +2,13 @@
 
 Each training run keeps its validation fold's probability maps (made with the shipped test-time
 augmentation). Together the five folds cover every pair once, so post-processing is tuned on all of them
-and the score is an honest estimate for unseen slides: every pair is predicted by the model that never saw
-its slide. Writes the members, manifest, licence and the evaluation report (optionally side by side with
+and the score is an honest estimate for unseen slides: every pair is predicted by the models that never saw
+its slide (averaged, when a fold has several). Writes the members, manifest, licence and the evaluation report (optionally side by side with
 a second set of runs, e.g. the cell-only ablation).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -38,15 +37,33 @@ Cite: {CITATION}.
 
 
 def out_of_fold_maps(runs: list[Path]) -> dict[str, np.ndarray]:
-    """Pair id -> cell probability map, from each run's val_maps.npz; every id exactly once."""
-    maps: dict[str, np.ndarray] = {}
+    """Pair id -> cell probability map, from each run's val_maps.npz; every id exactly once.
+
+    Runs validated on the same pairs (one fold, several models) are averaged, as the shipped ensemble averages
+    its members; runs whose validation pairs only partly overlap cannot be scored out-of-fold together."""
+    sums: dict[str, np.ndarray] = {}
+    groups: dict[frozenset, list[Path]] = {}
     for run in runs:
         with np.load(run / "val_maps.npz") as data:
-            for pair_id, m in zip(data["ids"], data["maps"]):
-                if str(pair_id) in maps:
-                    raise ValueError(f"{run}: pair {pair_id} is in the validation fold of two runs")
-                maps[str(pair_id)] = m.astype(np.float32)
-    return dict(sorted(maps.items()))
+            ids = [str(i) for i in data["ids"]]
+            group = groups.setdefault(frozenset(ids), [])
+            clash = next((i for i in ids if i in sums), None) if not group else None
+            if clash is not None:
+                raise ValueError(f"{run}: pair {clash} is also validated by another run on other pairs")
+            for pair_id, m in zip(ids, data["maps"]):
+                sums[pair_id] = sums[pair_id] + m if pair_id in sums else m.astype(np.float32)
+            group.append(run)
+    counts = {i: len(group) for ids, group in groups.items() for i in ids}
+    return {i: sums[i] / counts[i] for i in sorted(sums)}
+
+
+def member_names(runs: list[Path]) -> list[str]:
+    """Members are named after their run folders (runs/fold0-teacher -> fold0-teacher)."""
+    names = [run.name for run in runs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"two runs share the folder name {repeated[0]!r}: members are named after their run folders")
+    return names
 
 
 def score_runs(runs: list[Path], data: Path, name: str) -> tuple[PostProcess, Predictions, list]:
@@ -61,7 +78,8 @@ def score_runs(runs: list[Path], data: Path, name: str) -> tuple[PostProcess, Pr
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ocelot_algo ensemble", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", required=True, help="training run folders, one per fold")
+    parser.add_argument("--runs", nargs="+", required=True,
+                        help="training run folders, one or more per fold; members are named after the folders")
     parser.add_argument("--data", required=True, help="release root (ground truth)")
     parser.add_argument("--out", help="weights folder to write (e.g. weights/); without it only the report is written")
     parser.add_argument("--report", required=True, help="folder for the out-of-fold evaluation report")
@@ -74,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     runs = [Path(r) for r in args.runs]
+    names = member_names(runs)  # before the long scoring: a clash is found at once
     params, preds, truth = score_runs(runs, Path(args.data), args.name)
     compare = None
     if args.compare_runs:
@@ -89,14 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    members = []
-    for run in runs:
-        info = json.loads((run / "model.json").read_text())
-        name = f"fold{info['info']['fold']}"
+    for run, name in zip(runs, names):
         shutil.copyfile(run / "model.safetensors", out / f"{name}.safetensors")
         shutil.copyfile(run / "model.json", out / f"{name}.json")
-        members.append(name)
-    members.sort()
+    members = sorted(names)
     overall = report["runs"][0]["overall"]
     write_atomic(out / "LICENCE.md", LICENCE_TEXT.format(members=", ".join(members)))
     write_manifest(out, members, tta=args.tta, tissue_fusion="mean", postprocess=params, trained=True,

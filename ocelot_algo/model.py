@@ -244,18 +244,24 @@ class CellTissueNet(nn.Module):
         context = tissue_crop if injection in ("features", "both") else None
         return self.cell(x, context)
 
-    def forward(self, cell, tissue=None, boxes=None, owner=None):
+    def forward(self, cell, tissue=None, boxes=None, owner=None, teacher=None):
         """Training: both branches at once, so gradients of the cell loss reach the tissue branch.
 
         cell (N, 3, s, s) crops; tissue (P, 3, T, T); boxes (N, 4) each crop's box in its tissue patch;
-        owner (N,) which tissue patch each crop belongs to. Returns (cell logits, tissue logits or None);
-        without cell crops (tissue pre-training) the cell logits are None."""
+        owner (N,) which tissue patch each crop belongs to. `teacher`, optional: (maps (P, 2, T, T), share
+        (P, 1, T, T)), annotated tissue and how much of it to blend into the predicted context, so the cell branch
+        learns to use tissue context before the tissue branch is any good. Returns (cell logits, tissue logits or
+        None); without cell crops (tissue pre-training) the cell logits are None."""
         if self.tissue is None:
             return self.cell_logits(cell, None), None
         tissue_logits = self.tissue_logits(tissue)
         if len(cell) == 0:
             return None, tissue_logits
-        crops = crop_to_cell(tissue_logits.float().softmax(1)[owner], boxes, tuple(cell.shape[-2:]))
+        context = tissue_logits.float().softmax(1)
+        if teacher is not None:
+            maps, share = teacher
+            context = torch.lerp(context, maps, share)
+        crops = crop_to_cell(context[owner], boxes, tuple(cell.shape[-2:]))
         return self.cell_logits(cell, crops.contiguous(memory_format=torch.channels_last)), tissue_logits
 
 

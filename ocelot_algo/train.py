@@ -22,13 +22,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .data import AugmentConfig, Batcher, Sample, load_samples, read_folds
+from .data import IGNORE, AugmentConfig, Batcher, Sample, load_samples, read_folds
 from .evaluation import count_matches, scores
 from .model import INJECTIONS, ModelConfig, create_model
 from .points import PostProcess, find_cells
 from .predictor import Predictor, select_device
 from .files import replace_atomically
-from .weights import load_imagenet_encoder, save_member, write_json
+from .weights import load_imagenet_encoder, save_member, shipped_state, write_json
 
 log = logging.getLogger("ocelot_algo.train")
 
@@ -61,12 +61,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--tissue-weight", type=float, default=0.5, help="weight of the tissue loss")
+    p.add_argument("--teacher-tissue", type=float, default=1.0,
+                   help="largest share (0..1) of the annotated tissue mask blended into the tissue context of the "
+                        "cell branch during training; each pair draws its share uniformly below it (0: the tissue "
+                        "branch's prediction alone, the recipe before). Inference always uses the prediction alone")
     p.add_argument("--eval-every", type=int, default=250, help="steps per epoch (validation + checkpoint)")
     p.add_argument("--limit-pairs", type=int, default=None, help="use only the first N training/validation pairs (smoke tests)")
     p.add_argument("--tta", default="none", help="test-time augmentation for the final validation maps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error("--steps must be at least 1 (tissue-only training is --tissue-steps before joint steps)")
+    if not 0 <= args.teacher_tissue <= 1:
+        p.error("--teacher-tissue is a share: 0..1")
+    return args
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -81,6 +90,14 @@ def cell_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     cells = target[:, 1:]
     dice = 1 - (2 * (probs * cells).sum((0, 2, 3)) + 1) / (probs.sum((0, 2, 3)) + cells.sum((0, 2, 3)) + 1)
     return ce + dice.mean()
+
+
+def teacher_tissue(mask: torch.Tensor, share: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, T, T) tissue labels (0, 1, 255 unknown) and (P,) shares -> the annotated tissue as (P, 2, T, T)
+    probabilities and the per-pixel share to blend in (none where the label is unknown)."""
+    known = mask != IGNORE
+    maps = F.one_hot(mask * known, 2).permute(0, 3, 1, 2).float()
+    return maps, share[:, None, None, None] * known[:, None].float()
 
 
 def tissue_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -213,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     trainable = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=tissue_steps > 0) \
         if world > 1 else model
     batcher = Batcher(train_samples, crop=args.crop, pairs=args.pairs, crops_per_pair=args.crops_per_pair,
-                      target=args.target, augment=AugmentConfig(), seed=args.seed, rank=rank)
+                      target=args.target, augment=AugmentConfig(), seed=args.seed, rank=rank,
+                      teacher_share=args.teacher_tissue)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
 
     session_start, step = time.time(), state["step"]
@@ -226,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, *phase, args)
         with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-            cell_logits, tissue_logits = trainable(batch["cell"], batch["tissue"], batch["boxes"], batch["owner"])
+            teacher = teacher_tissue(batch["tissue_mask"], batch["teacher_share"]) \
+                if args.teacher_tissue and config.uses_tissue else None
+            cell_logits, tissue_logits = trainable(batch["cell"], batch["tissue"], batch["boxes"], batch["owner"], teacher)
         loss_cell = cell_loss(cell_logits, batch["target"]) if cell_logits is not None else torch.zeros((), device=device)
         loss_tissue = tissue_loss(tissue_logits, batch["tissue_mask"]) if tissue_logits is not None \
             else torch.zeros((), device=device)
@@ -313,10 +333,11 @@ def _export(out: Path, val_samples, device, state, args) -> None:
     training on everything), plus the fold's probability maps (float16) for ensemble tuning."""
     model = create_model(ModelConfig(injection=args.injection, cell_size=args.cell_size, tissue_size=args.tissue_size))
     model.load_state_dict(load_file(str(out / "best.safetensors")))
+    model.load_state_dict(shipped_state(model))  # validate exactly the weights the member will hold
     model = model.to(device, memory_format=torch.channels_last)
     info = {"fold": args.fold, "best_step": state["best_step"], "steps": state["step"], "tissue_steps": args.tissue_steps,
-            "train_minutes": round(state["seconds"] / 60, 1), "device": str(device), "target": args.target,
-            "seed": args.seed}
+            "teacher_tissue": args.teacher_tissue, "train_minutes": round(state["seconds"] / 60, 1),
+            "device": str(device), "target": args.target, "seed": args.seed}
     if val_samples:
         maps, _ = validation_maps(model, val_samples, device, tta=args.tta)
         params, mf1 = tune_postprocess(maps, [s.points for s in val_samples])

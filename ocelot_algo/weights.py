@@ -42,11 +42,23 @@ def write_json(path: Path, data: dict) -> None:
     write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def shipped_state(model: CellTissueNet) -> dict[str, torch.Tensor]:
+    """The tensors as a member stores them: weights in float16, half the download (they load back into float32
+    parameters), BatchNorm statistics in float32, whose range float16 may not hold."""
+    state = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        keep = not value.is_floating_point() or key.endswith(("running_mean", "running_var"))
+        state[key] = value if keep else value.half()
+    return state
+
+
 def save_member(directory: Path, name: str, model: CellTissueNet, info: dict | None = None) -> None:
-    """Writes `<name>.safetensors` and `<name>.json` ({"model": config, "info": training facts})."""
+    """Writes `<name>.safetensors` (see `shipped_state`) and `<name>.json` ({"model": config, "info": training
+    facts})."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = shipped_state(model)
     replace_atomically(directory / f"{name}.safetensors", lambda temp: save_file(state, str(temp)))
     write_json(directory / f"{name}.json", {"model": model.config.to_dict(), "info": info or {}})
 

@@ -57,3 +57,29 @@ def test_encoder_reproduces_timm_lite0_with_the_imagenet_weights():
         ours_cell = model.cell.encoder.eval()(torch.cat([x, torch.randn(1, 2, 128, 128)], 1))
     for a, b, c in zip(ours, theirs, ours_cell):
         assert torch.allclose(a, b, atol=1e-5) and torch.allclose(c, b, atol=1e-5)
+
+
+def test_annotated_tissue_blended_in_replaces_the_predicted_context_by_its_share():
+    from ocelot_algo.train import teacher_tissue
+
+    model = create_model(ModelConfig(injection="input", cell_size=64, tissue_size=64)).eval()
+    torch.nn.init.normal_(model.cell.encoder.conv_stem.weight[:, 3:], std=0.5)  # make the tissue channels matter
+    cell, tissue = torch.rand(1, 3, 64, 64) * 255, torch.rand(1, 3, 64, 64) * 255
+    boxes, owner = torch.tensor([[0.25, 0.25, 0.75, 0.75]]), torch.tensor([0])
+    mask = torch.randint(0, 2, (1, 64, 64))
+    mask[:, :8] = 255  # unknown rows keep the prediction, whatever the share
+    maps, share = teacher_tissue(mask, torch.tensor([1.0]))
+    assert share[0, 0, :8].eq(0).all() and share[0, 0, 8:].eq(1).all()
+    assert torch.equal(maps[0, 1, 8:], mask[0, 8:].float())
+
+    def cell_logits(teacher_share: float):
+        with torch.no_grad():
+            inside = mask.clone()
+            inside[:, :8] = 0  # the box never reaches the unknown rows
+            return model(cell, tissue, boxes, owner, teacher_tissue(inside, torch.tensor([teacher_share])))[0]
+
+    full, none = cell_logits(1.0), cell_logits(0.0)
+    with torch.no_grad():
+        model.tissue.head.bias.copy_(torch.tensor([4.0, -4.0]))  # another tissue prediction: all background
+    assert torch.allclose(cell_logits(1.0), full, atol=1e-5)  # fully annotated context: prediction unused
+    assert not torch.allclose(cell_logits(0.0), none, atol=1e-3)

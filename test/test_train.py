@@ -70,16 +70,20 @@ def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
     runs = [tmp_path / f"fold{k}" for k in (0, 1)]
     for k, run in enumerate(runs):
         train("--data", str(release), "--fold", str(k), "--out", str(run), *TINY)
+    runs.append(tmp_path / "fold0-none")  # a second model of fold 0, of another kind: averaged with the first
+    train("--data", str(release), "--fold", "0", "--out", str(runs[-1]), "--injection", "none", *TINY)
     weights, report = tmp_path / "weights", tmp_path / "report"
     ensemble_command = [sys.executable, "-m", "ocelot_algo", "ensemble", "--data", str(release), "--bootstrap", "50"]
     result = subprocess.run([*ensemble_command, "--runs", *map(str, runs), "--out", str(weights), "--report", str(report)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     ensemble = load_ensemble(weights)
-    assert ensemble.names == ["fold0", "fold1"] and ensemble.manifest["trained"]
+    assert ensemble.names == ["fold0", "fold0-none", "fold1"] and ensemble.manifest["trained"]
+    assert ensemble.manifest["out_of_fold"]["pairs"] == 4
+    assert [m.tissue is None for m in ensemble.members] == [False, True, False]
     assert "CC BY-NC" in ensemble.manifest["licence"]
     licence = (weights / "LICENCE.md").read_text()
-    assert "CC BY-NC 4.0" in licence and "fold0, fold1" in licence and "Ryu et al." in licence
+    assert "CC BY-NC 4.0" in licence and "fold0, fold0-none, fold1" in licence and "Ryu et al." in licence
     assert (report / "report.md").is_file()
 
     # an ablation on fewer folds: only a report, side by side, no weights written
@@ -88,7 +92,7 @@ def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
                              "--report", str(ablation)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cell-only" in (ablation / "report.md").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ablation", "fold0", "fold1", "report", "weights"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ablation", "fold0", "fold0-none", "fold1", "report", "weights"]
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux")
@@ -99,6 +103,15 @@ def test_distributed_training_with_two_gloo_processes(release, tmp_path):
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
 
 
+def test_arguments_that_cannot_train_are_refused():
+    from ocelot_algo.train import parse_args
+
+    for bad in (["--steps", "0"], ["--teacher-tissue", "1.5"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--data", "d", "--fold", "0", "--out", "o", *bad])
+    assert parse_args(["--data", "d", "--fold", "0", "--out", "o"]).teacher_tissue == 1.0
+
+
 def test_batches_are_deterministic_and_targets_follow_the_cells(release):
     samples = load_samples(release, json.loads((release / "folds.json").read_text())["folds"][1], 256, 128)
     batcher = Batcher(samples, crop=128, pairs=2, crops_per_pair=2, target="disk", augment=AugmentConfig(), seed=3)
@@ -107,6 +120,11 @@ def test_batches_are_deterministic_and_targets_follow_the_cells(release):
     assert not torch.equal(first["cell"], other["cell"])
     assert first["cell"].shape == (4, 3, 128, 128) and first["tissue"].shape == (2, 3, 128, 128)
     assert torch.allclose(first["target"].sum(1), torch.ones(4, 128, 128))
+    assert first["teacher_share"].eq(0).all()
+    teacher = Batcher(samples, crop=128, pairs=2, crops_per_pair=2, target="disk", augment=AugmentConfig(), seed=3,
+                      teacher_share=0.5)(7)
+    assert all(torch.equal(first[k], teacher[k]) for k in first if k != "teacher_share")  # the same batch otherwise
+    assert ((teacher["teacher_share"] > 0) & (teacher["teacher_share"] <= 0.5)).all()
 
 
 def test_disk_and_gaussian_targets():
@@ -116,3 +134,24 @@ def test_disk_and_gaussian_targets():
     assert disk[2, 32, 32] == 1 and disk[1, 32, 33] == 1 and disk[0, 0, 0] == 1  # nearest cell owns each pixel
     gauss = cell_targets(points, window, 64, radius_px=2.0, kind="gaussian")
     assert 0 < gauss[2, 32, 30] < 1 and torch.allclose(gauss.sum(0), torch.ones(64, 64))
+
+
+def test_runs_of_one_fold_are_averaged_out_of_fold_and_partial_overlaps_refused(tmp_path):
+    from ocelot_algo.ensemble import member_names, out_of_fold_maps
+
+    def run(name, ids, value):
+        folder = tmp_path / name
+        folder.mkdir()
+        np.savez(folder / "val_maps.npz", ids=np.array(ids), maps=np.full((len(ids), 3, 4, 4), value, np.float16))
+        return folder
+
+    a, b, c = run("f0-a", ["001", "002"], 0.2), run("f0-b", ["002", "001"], 0.6), run("f1", ["003"], 0.5)
+    maps = out_of_fold_maps([a, b, c])
+    assert list(maps) == ["001", "002", "003"]
+    assert np.allclose(maps["001"], 0.4, atol=1e-3) and np.allclose(maps["003"], 0.5, atol=1e-3)
+    with pytest.raises(ValueError, match="pair 002 is also validated"):
+        out_of_fold_maps([a, run("f0-c", ["002", "004"], 0.1)])
+    assert member_names([a, c]) == ["f0-a", "f1"]
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ValueError, match="share the folder name 'f1'"):
+        member_names([c, run("other/f1", ["005"], 0.1)])

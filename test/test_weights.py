@@ -18,6 +18,24 @@ def test_round_trip_is_exact(tmp_path):
             assert torch.equal(v, w), k
 
 
+def test_members_store_float16_weights_and_float32_batchnorm_statistics(tmp_path):
+    from safetensors.torch import load_file
+
+    from ocelot_algo.model import ModelConfig, create_model
+    from ocelot_algo.weights import load_member, save_member
+
+    model = create_model(ModelConfig(cell_size=64, tissue_size=64)).eval()
+    save_member(tmp_path, "m", model)
+    stored = load_file(str(tmp_path / "m.safetensors"))
+    assert stored["cell.head.weight"].dtype == torch.float16 and stored["cell.encoder.bn0.running_var"].dtype == torch.float32
+    assert stored["cell.encoder.bn0.num_batches_tracked"].dtype == torch.int64
+    loaded = load_member(tmp_path, "m")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        assert torch.allclose(loaded.tissue_logits(x).softmax(1), model.tissue_logits(x).softmax(1), atol=1e-2)
+
+
 @pytest.fixture
 def weights(tmp_path):
     return make_weights(tmp_path / "w")
