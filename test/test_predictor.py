@@ -87,6 +87,17 @@ def test_an_ensemble_of_identical_members_equals_one_member(members):
         assert np.allclose(one[0], three[0], atol=1e-5) and np.allclose(one[1], three[1], atol=1e-5)
 
 
+def test_a_mixed_ensemble_averages_joint_and_cell_only_members(tmp_path):
+    """The shipped ensemble mixes joint and cell-only members: each keeps its own inputs, the maps are averaged."""
+    mixed = load_ensemble(make_weights(tmp_path, injections=("input", "none"), **SMALL)).members
+    cell, tissue, box = smooth_image(7), smooth_image(8), cell_box_in_tissue(meta(0.3, 0.6))
+    alone = [Predictor([m], tta="flips").probabilities(cell, tissue, box) for m in mixed]
+    together = Predictor(mixed, tta="flips").probabilities(cell, tissue, box)
+    assert alone[1][1] is None
+    assert np.allclose(together[0], (alone[0][0] + alone[1][0]) / 2, atol=1e-5)
+    assert np.allclose(together[1], alone[0][1], atol=1e-5)
+
+
 def test_probability_maps_are_distributions(members):
     cell_probs, tissue_probs = Predictor(members, tta="none").probabilities(smooth_image(5), smooth_image(6),
                                                                             cell_box_in_tissue(meta(0.4, 0.4)))

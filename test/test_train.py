@@ -14,7 +14,7 @@ from ocelot_algo.geometry import Box
 from ocelot_algo.weights import load_ensemble, load_member
 
 TINY = ["--steps", "3", "--tissue-steps", "2", "--tissue-batch", "2", "--eval-every", "2", "--pairs", "2", "--crops-per-pair", "1", "--crop", "128",
-        "--cell-size", "256", "--tissue-size", "128", "--warmup", "1", "--tta", "flips"]
+        "--cell-size", "256", "--tissue-size", "128", "--warmup", "1", "--tta", "flips", "--teacher-tissue", "0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_arguments_that_cannot_train_are_refused():
     for bad in (["--steps", "0"], ["--teacher-tissue", "1.5"]):
         with pytest.raises(SystemExit):
             parse_args(["--data", "d", "--fold", "0", "--out", "o", *bad])
-    assert parse_args(["--data", "d", "--fold", "0", "--out", "o"]).teacher_tissue == 1.0
+    assert parse_args(["--data", "d", "--fold", "0", "--out", "o"]).teacher_tissue == 0.0
 
 
 def test_batches_are_deterministic_and_targets_follow_the_cells(release):
