@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     runs = [Path(r) for r in args.runs]
-    names = member_names(runs)  # before the long scoring: a clash is found at once
+    # Only written members need distinct names; checked before the long scoring so a clash is found at once.
+    names = member_names(runs) if args.out else []
     params, preds, truth = score_runs(runs, Path(args.data), args.name)
     compare = None
     if args.compare_runs:

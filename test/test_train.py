@@ -1,6 +1,7 @@
 """Training end to end on a few pairs: real ones when ../shared/ocelot is here, else the synthetic release."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -86,13 +87,16 @@ def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
     assert "CC BY-NC 4.0" in licence and "fold0, fold0-none, fold1" in licence and "Ryu et al." in licence
     assert (report / "report.md").is_file()
 
-    # an ablation on fewer folds: only a report, side by side, no weights written
-    ablation = tmp_path / "ablation"
-    result = subprocess.run([*ensemble_command, "--runs", str(runs[0]), "--compare-runs", str(runs[0]),
+    # an ablation on fewer folds: only a report, side by side, no weights written, so runs of one fold in
+    # folders of the same name (another seed's runs/seed1/fold0) are fine
+    ablation, same_name = tmp_path / "ablation", tmp_path / "seed1" / "fold0"
+    shutil.copytree(runs[0], same_name)
+    result = subprocess.run([*ensemble_command, "--runs", str(runs[0]), str(same_name), "--compare-runs", str(runs[0]),
                              "--report", str(ablation)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cell-only" in (ablation / "report.md").read_text()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ablation", "fold0", "fold0-none", "fold1", "report", "weights"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ablation", "fold0", "fold0-none", "fold1", "report", "seed1",
+                                                          "weights"]
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux")
