@@ -21,8 +21,9 @@ compress=(gzip -c)
 if command -v pigz >/dev/null; then compress=(pigz -c); fi
 docker save "$image" | "${compress[@]}" > "$image_tar.partial"
 mv "$image_tar.partial" "$image_tar"
-# The trailing "." keeps paths relative: GC extracts the tarball as-is into /opt/ml/model/.
-tar -czf "$model_tar.partial" -C weights .
+# The trailing "." keeps paths relative: GC extracts the tarball as-is into /opt/ml/model/. The evaluation
+# reports stay out, as they stay out of the image (.dockerignore): the same files as the image's weights.
+tar -czf "$model_tar.partial" -C weights --exclude='./report*' .
 mv "$model_tar.partial" "$model_tar"
 
 ls -lh "$image_tar" "$model_tar"

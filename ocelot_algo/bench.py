@@ -67,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the result to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    from .pipeline import exit_code
 
+    return exit_code(lambda: _bench(args))
+
+
+def _bench(args: argparse.Namespace) -> None:
     import_s = _seconds_to_import()
     with tempfile.TemporaryDirectory(prefix="ocelot-bench-") as tmp:
         sample, out = Path(tmp) / "input", Path(tmp) / "output"
@@ -101,5 +106,4 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n")
-    return 0
 

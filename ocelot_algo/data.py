@@ -2,7 +2,6 @@
 and augmentation that keeps cell patch, tissue patch and the cell box consistent."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +32,6 @@ class Sample:
     points: np.ndarray  # (N, 3) x, y, class in cell-patch pixels
     box: Box
     cell_mpp: float
-
-
-def read_folds(root: Path) -> list[list[str]]:
-    return json.loads((Path(root) / "folds.json").read_text())["folds"]
 
 
 def load_samples(root: Path, ids: list[str], cell_size: int, tissue_size: int, split: str = "train") -> list[Sample]:

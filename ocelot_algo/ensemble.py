@@ -1,14 +1,15 @@
 """`python -m ocelot_algo ensemble`: fold models -> shipped weights, tuned and scored out-of-fold.
 
-Each training run keeps its validation fold's probability maps (made with the shipped test-time
-augmentation). Together the five folds cover every pair once, so post-processing is tuned on all of them
-and the score is an honest estimate for unseen slides: every pair is predicted by the models that never saw
-its slide (averaged, when a fold has several). Writes the members, manifest, licence and the evaluation report
-(optionally side by side with a second set of runs, e.g. the cell-only ablation).
+Each training run keeps its validation fold's probability maps, made with its `--tta`; all runs must share that
+TTA, and the manifest ships it. Together the five folds cover every pair once, so post-processing is tuned on all
+of them and the score is an honest estimate for unseen slides: every pair is predicted by the models that never saw its slide (averaged, when a fold has
+several). Writes the members, manifest, licence and the evaluation report (optionally side by side with a second
+set of runs, e.g. the cell-only ablation).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -17,9 +18,11 @@ import numpy as np
 
 from .evaluation import Predictions, evaluate_dataset, format_summary, load_release, write_report
 from .files import write_atomic
+from .model import ModelConfig
 from .points import PostProcess, find_cells
-from .train import tune_postprocess
-from .weights import write_manifest
+from .pipeline import exit_code
+from .train import USER_ERRORS, RunError, tune_postprocess
+from .weights import MANIFEST, write_manifest
 
 log = logging.getLogger("ocelot_algo.ensemble")
 
@@ -49,7 +52,7 @@ def out_of_fold_maps(runs: list[Path]) -> dict[str, np.ndarray]:
             group = groups.setdefault(frozenset(ids), [])
             clash = next((i for i in ids if i in sums), None) if not group else None
             if clash is not None:
-                raise ValueError(f"{run}: pair {clash} is also validated by another run on other pairs")
+                raise RunError(f"{run}: pair {clash} is also validated by another run on other pairs")
             for pair_id, m in zip(ids, data["maps"]):
                 sums[pair_id] = sums[pair_id] + m if pair_id in sums else m.astype(np.float32)
             group.append(run)
@@ -62,8 +65,55 @@ def member_names(runs: list[Path]) -> list[str]:
     names = [run.name for run in runs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(f"two runs share the folder name {repeated[0]!r}: members are named after their run folders")
+        raise RunError(f"two runs share the folder name {repeated[0]!r}: members are named after their run folders")
     return names
+
+
+def _val_tta(run: Path) -> str:
+    """The TTA of the run's validation maps, from its model.json (see `train._export`)."""
+    path = run / "model.json"
+    try:
+        member = json.loads(path.read_text())
+        ModelConfig.from_dict(member["model"])  # copied as the member's config: it must load
+        return member["info"]["val_tta"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise RunError(f"{path}: not a member config with info.val_tta ({error!r})") from None
+
+
+def check_runs(runs: list[Path], members: list[Path]) -> str:
+    """Every run file there (found now, not after the long scoring; `members` are copied into the weights too),
+    and the one TTA all validation maps were made with: post-processing tuned on them fits that TTA only."""
+    needed = [run / name for run in runs for name in ("val_maps.npz", "model.json")]
+    missing = [path for path in needed + [run / "model.safetensors" for run in members] if not path.is_file()]
+    if missing:
+        raise RunError(f"{missing[0]}: file not found")
+    runs_by_tta: dict[str, list[str]] = {}
+    for run in runs:
+        runs_by_tta.setdefault(_val_tta(run), []).append(str(run))
+    if len(runs_by_tta) > 1:
+        raise RunError("the runs' validation maps were made with different --tta: "
+                       + "; ".join(f"{tta} ({', '.join(names)})" for tta, names in sorted(runs_by_tta.items())))
+    return next(iter(runs_by_tta))
+
+
+def write_weights(out: Path, runs: list[Path], names: list[str], *, tta: str, postprocess: PostProcess,
+                  out_of_fold: dict) -> None:
+    """Members, licence and manifest. The old manifest goes first and the new one comes last, so an interrupted
+    write leaves no manifest rather than one listing a mix of old and new files."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    for run, name in zip(runs, names):
+        for suffix in (".safetensors", ".json"):
+            shutil.copyfile(run / f"model{suffix}", out / f"{name}{suffix}")
+    members = sorted(names)
+    write_atomic(out / "LICENCE.md", LICENCE_TEXT.format(members=", ".join(members)))
+    write_manifest(out, members, tta=tta, tissue_fusion="mean", postprocess=postprocess, trained=True,
+                   out_of_fold=out_of_fold, licence=LICENCE, citation=CITATION)
+    unlisted = sorted(path.name for path in out.iterdir()
+                      if path.suffix in (".safetensors", ".json") and path.name != MANIFEST and path.stem not in names)
+    if unlisted:
+        log.warning("%s also holds %s, which its manifest does not list (left in place)", out, ", ".join(unlisted))
+    log.info("wrote %s with members %s", out / MANIFEST, ", ".join(members))
 
 
 def score_runs(runs: list[Path], data: Path, name: str) -> tuple[PostProcess, Predictions, list]:
@@ -86,36 +136,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-runs", nargs="*", default=None, help="runs of a second configuration (ablation)")
     parser.add_argument("--name", default="shipped")
     parser.add_argument("--compare-name", default="cell-only")
-    parser.add_argument("--tta", default="all8")
     parser.add_argument("--bootstrap", type=int, default=10_000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    return exit_code(lambda: ensemble(args), USER_ERRORS)
 
-    runs = [Path(r) for r in args.runs]
-    # Only written members need distinct names; checked before the long scoring so a clash is found at once.
+
+def ensemble(args: argparse.Namespace) -> None:
+    runs, compare_runs = [Path(r) for r in args.runs], [Path(r) for r in args.compare_runs or []]
+    # Checked before the long scoring so a problem is found at once; only written members need distinct names.
+    tta = check_runs(runs + compare_runs, runs if args.out else [])
     names = member_names(runs) if args.out else []
     params, preds, truth = score_runs(runs, Path(args.data), args.name)
     compare = None
-    if args.compare_runs:
-        _, compare, compare_truth = score_runs([Path(r) for r in args.compare_runs], Path(args.data), args.compare_name)
+    if compare_runs:
+        _, compare, compare_truth = score_runs(compare_runs, Path(args.data), args.compare_name)
         if [t.id for t in compare_truth] != [t.id for t in truth]:
-            raise SystemExit("error: the two sets of runs do not cover the same pairs")
+            raise RunError("--runs and --compare-runs do not cover the same pairs")
     report = evaluate_dataset(truth, preds, compare, bootstrap=args.bootstrap)
-    report["settings"]["postprocess"] = params.to_dict()
+    report["settings"].update(tta=tta, postprocess=params.to_dict())
     write_report(report, Path(args.report))
     print(format_summary(report))
-    if args.out is None:
-        return 0
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for run, name in zip(runs, names):
-        shutil.copyfile(run / "model.safetensors", out / f"{name}.safetensors")
-        shutil.copyfile(run / "model.json", out / f"{name}.json")
-    members = sorted(names)
-    overall = report["runs"][0]["overall"]
-    write_atomic(out / "LICENCE.md", LICENCE_TEXT.format(members=", ".join(members)))
-    write_manifest(out, members, tta=args.tta, tissue_fusion="mean", postprocess=params, trained=True,
-                   out_of_fold={"mF1": overall["mF1"], "pairs": len(truth)}, licence=LICENCE, citation=CITATION)
-    log.info("wrote %s with members %s", out / "manifest.json", ", ".join(members))
-    return 0
+    if args.out is not None:
+        write_weights(Path(args.out), runs, names, tta=tta, postprocess=params,
+                      out_of_fold={"mF1": report["runs"][0]["overall"]["mF1"], "pairs": len(truth)})

@@ -355,18 +355,21 @@ def load_release(root: Path, split: str = "train", ids=None) -> list[TruthImage]
     return truth
 
 
-def fold_ids(folds_path: Path, fold: int) -> list[str]:
-    """Pair ids of fold `fold` (0-based) of a folds file {"folds": [[ids...], ...]}."""
+def read_folds(folds_path: Path, fold: int | None = None) -> list[list[str]]:
+    """Every fold of a folds file {"folds": [[ids...], ...]}, checked (with fold `fold`, 0-based, when given) so
+    that a bad file or fold number is one line naming the file, for `evaluate --fold` and `train` alike."""
     try:
         folds = json.loads(Path(folds_path).read_text())["folds"]
-        ids = folds[fold]
-        if fold < 0 or not all(isinstance(i, str) for i in ids):
+        if not isinstance(folds, list) or not all(isinstance(f, list) for f in folds) \
+                or not all(isinstance(i, str) for f in folds for i in f):
             raise ValueError
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise EvaluationInputError(f"{folds_path}: cannot read as JSON ({err})") from None
-    except (KeyError, IndexError, TypeError, ValueError):
-        raise EvaluationInputError(f"{folds_path}: no fold {fold} of string ids under 'folds'") from None
-    return list(ids)
+    except (KeyError, TypeError, ValueError):
+        raise EvaluationInputError(f"{folds_path}: expected lists of string ids under 'folds'") from None
+    if fold is not None and not 0 <= fold < len(folds):
+        raise EvaluationInputError(f"{folds_path}: no fold {fold} among its {len(folds)} (0-based)")
+    return folds
 
 
 def load_gt_json(path: Path) -> list[TruthImage]:
@@ -722,7 +725,7 @@ def _load_truth(args) -> tuple[list[TruthImage], list[str]]:
     ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
     if args.gt.is_dir():
         if args.fold is not None:
-            ids = fold_ids(args.folds or args.gt / "folds.json", args.fold)
+            ids = read_folds(args.folds or args.gt / "folds.json", args.fold)[args.fold]
         return load_release(args.gt, args.split, ids), split_ids(args.gt, args.split)
     if args.fold is not None:
         raise EvaluationInputError(f"{args.gt}: --fold needs a release folder as --gt")

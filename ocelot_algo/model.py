@@ -13,7 +13,7 @@ timm and torchvision, ~4 s of imports on a 2-core machine). The encoder reproduc
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,6 @@ class ModelConfig:
     encoder: str = "efficientnet_lite0"
     cell_decoder: tuple[int, ...] = (128, 64, 48, 32)  # 4 blocks: predicts at stride 2, upsampled (see UnetDecoder)
     tissue_decoder: tuple[int, ...] = (96, 48, 32, 24)
-    postprocess: dict = field(default_factory=lambda: {"sigma": 1.0, "min_distance": 3, "threshold": 0.4})
 
     def __post_init__(self):
         if self.injection not in INJECTIONS:

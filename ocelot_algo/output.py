@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 
+from .files import Writer, write_all_or_nothing
 from .geometry import PATCH_SIZE
 
 OUTPUT_NAME = "cell_classification.json"
@@ -31,6 +29,10 @@ VERSION = {"major": 1, "minor": 0}
 CLASSES = (1, 2)  # 1 = BC background cell, 2 = TC tumour cell
 POINT_KEYS = {"name", "point", "probability"}  # the evaluator's exact set (GC also allows "type")
 NAME_PATTERN = re.compile(r"image_(0|[1-9][0-9]*)")  # the evaluator's image_[0-9]+, without leading zeros
+
+
+class OutputError(Exception):
+    """The output folder cannot be written; found before the first pair, not after the whole run."""
 
 
 class PointsWriter:
@@ -43,6 +45,16 @@ class PointsWriter:
         self.layout = layout
         self.pair_names = list(pair_names)
         self._cells: dict[int, tuple[np.ndarray, ...]] = {}
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        """Create the folder and a probe file in it (removed at once): the only sure test of permissions."""
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.output_dir):
+                pass
+        except OSError as error:
+            raise OutputError(f"{self.output_dir}: cannot write the output there ({error.strerror or error})") from None
 
     def add(self, pair: int, xs, ys, classes, probabilities) -> None:
         """Record one pair's cells: x = column, y = row in the cell patch, class 1/2, probability in [0, 1].
@@ -87,13 +99,12 @@ class PointsWriter:
         problems = validate_document(document, len(self.pair_names))
         if problems:  # a bug here, not bad input: add() already checked every value
             raise AssertionError(f"refusing to write an invalid document: {problems[0]}")
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         files: list[tuple[str, Writer]] = []
         if self.layout == "release":
             for pair, name in enumerate(self.pair_names):
-                files.append((f"{name}.csv", lambda f, pair=pair: f.write(self._csv(pair))))
-        files.append((OUTPUT_NAME, lambda f: _dump(document, f)))
-        _write_all_or_nothing(self.output_dir, files)
+                files.append((f"{name}.csv", lambda path, pair=pair: _write_text(path, self._csv(pair))))
+        files.append((OUTPUT_NAME, lambda path: _write_text(path, _dumps(document))))
+        write_all_or_nothing(self.output_dir, files)
         return self.output_dir / OUTPUT_NAME
 
     def _csv(self, pair: int) -> str:
@@ -105,39 +116,15 @@ class PointsWriter:
                        for x, y, c, p in zip(xs.tolist(), ys.tolist(), classes.tolist(), probabilities.tolist()))
 
 
-Writer = Callable[[TextIO], object]
-
-
-def _dump(document: dict, file: TextIO) -> None:
+def _dumps(document: dict) -> str:
     """JSON with one point per line: a third of the size of an indented dump, and still readable."""
     points = ",\n".join(json.dumps(point) for point in document["points"])
-    file.write(f'{{"type": {json.dumps(document["type"])},\n"points": [\n{points}\n],\n'
-               f'"version": {json.dumps(document["version"])}}}\n')
+    return (f'{{"type": {json.dumps(document["type"])},\n"points": [\n{points}\n],\n'
+            f'"version": {json.dumps(document["version"])}}}\n')
 
 
-def _write_all_or_nothing(folder: Path, files: list[tuple[str, Writer]]) -> None:
-    """Write each (name, write(file)) to a temporary file in `folder`, then rename all into place in order.
-
-    On any failure every temporary file and every file already renamed by this call is removed, so a reader
-    never finds a partial result (a file renamed over an older one of the same name cannot be restored)."""
-    staged: list[tuple[str, Path]] = []
-    placed: list[Path] = []
-    try:
-        for name, write in files:
-            handle, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-            staged.append((name, Path(temp)))
-            os.fchmod(handle, 0o644)  # mkstemp's 0600 could hide the result from the platform's reader
-            with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
-                write(file)
-                file.flush()
-                os.fsync(file.fileno())
-        for name, temp in staged:
-            os.replace(temp, folder / name)
-            placed.append(folder / name)
-    except BaseException:
-        for path in [temp for _, temp in staged] + placed:
-            path.unlink(missing_ok=True)
-        raise
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8", newline="\n")
 
 
 # ------------------------------------------------------------------------------------------------ validation

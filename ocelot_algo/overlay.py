@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from .inputs import open_inputs
+from .geometry import TTA_MODES
+from .inputs import InputError, open_inputs
 from .pipeline import USER_ERRORS
 from .points import find_cells
 from .predictor import Predictor, select_device
@@ -78,23 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--weights", default=None)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--tta", default=None)
+    parser.add_argument("--tta", default=None, choices=sorted(TTA_MODES), help="default: the manifest's")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     try:
         inputs = open_inputs(args.input, split=args.split)
+        chosen = _chosen_pairs(inputs.pair_names, args.pairs)
         device = select_device(args.device)
         predictor = Predictor.from_ensemble(load_ensemble(resolve_weights_dir(args.weights), device), device, args.tta)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     names = inputs.pair_names
-    if ":" in args.pairs:
-        chosen = range(len(names))[slice(*(int(v) if v else None for v in args.pairs.split(":")))]
-    else:
-        chosen = [names.index(name) for name in args.pairs.split(",")]
     truth = _release_truth(Path(args.input), args.split, [names[i] for i in chosen]) if inputs.layout == "release" else {}
     with inputs:
         for i in chosen:
@@ -107,6 +105,20 @@ def main(argv: list[str] | None = None) -> int:
                         gt.tissue_mask() if gt else None).save(out / f"{pair.name}_tissue.png")
             logging.info("%s: %d cells -> %s", pair.name, len(cells), out / f"{pair.name}_cells.png")
     return 0
+
+
+def _chosen_pairs(names: list[str], spec: str) -> list[int]:
+    """Positions of the pairs asked for: a slice of positions ("0:4") or names ("003,017")."""
+    if ":" in spec:
+        try:
+            return list(range(len(names))[slice(*(int(v) if v else None for v in spec.split(":")))])
+        except ValueError:
+            raise InputError(f"--pairs: {spec!r} is not a slice of positions like 0:4") from None
+    unknown = [name for name in spec.split(",") if name not in names]
+    if unknown:
+        shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+        raise InputError(f"--pairs: no pair named {unknown[0]!r}; this input has {shown}")
+    return [names.index(name) for name in spec.split(",")]
 
 
 def _release_truth(root: Path, split: str, ids: list[str]) -> dict:

@@ -1,7 +1,7 @@
 """`python process.py` / `python -m ocelot_algo predict`: read -> predict -> points -> write, for a folder of pairs.
 
-Everything is validated before the first pair (inputs, then weights), so bad input fails fast and writes
-nothing. While the network works on pair i, a reader thread fetches pair i+1 and a second thread turns pair
+Everything is checked before the first pair (inputs, device, output folder, then weights), so bad input fails
+fast and writes nothing. While the network works on pair i, a reader thread fetches pair i+1 and a second thread turns pair
 i-1's probabilities into points, so on a busy device almost all wall time is spent in forward passes.
 """
 from __future__ import annotations
@@ -11,19 +11,20 @@ import logging
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .geometry import TTA_MODES
 from .inputs import InputError, log_environment, open_inputs
-from .output import PointsWriter
+from .output import OutputError, PointsWriter
 from .points import find_cells
-from .predictor import Predictor, select_device
+from .predictor import DeviceError, Predictor, select_device
 from .weights import WeightsError, load_ensemble, resolve_weights_dir
 
 log = logging.getLogger("ocelot_algo")
-USER_ERRORS = (InputError, WeightsError)  # reported as one line, exit code 2
+USER_ERRORS = (InputError, OutputError, WeightsError, DeviceError)  # reported as one line, exit code 2
 
 
 @dataclass
@@ -46,13 +47,13 @@ def predict(input_dir: str | Path, output_dir: str | Path, *, weights: str | Pat
     with open_inputs(input_dir, split=split) as inputs:
         device = select_device(device)
         log_environment(input_dir, device)
+        writer = PointsWriter(output_dir, inputs.layout, inputs.pair_names)
         weights_dir = resolve_weights_dir(weights)
         ensemble = load_ensemble(weights_dir, device, members)
         predictor = Predictor.from_ensemble(ensemble, device, tta)
-        log.info("weights %s: %d member(s), tta %s (%d views), %s", weights_dir, len(ensemble.members),
+        log.info("weights %s: %s, tta %s (%d views), %s", weights_dir, ", ".join(ensemble.names),
                  tta or ensemble.tta, len(predictor.views),
                  "trained" if ensemble.manifest.get("trained") else "UNTRAINED (placeholder weights)")
-        writer = PointsWriter(output_dir, inputs.layout, inputs.pair_names)
         report = RunReport(device=str(device), startup_s=time.perf_counter() - started)
         _run_pairs(inputs, predictor, writer, report, progress)
     log.info("%d pairs, %d cells in %.1f s (%.2f s/pair) -> %s", report.pairs, report.cells, report.wall_s,
@@ -86,7 +87,7 @@ def _run_pairs(inputs, predictor: Predictor, writer: PointsWriter, report: RunRe
     with ThreadPoolExecutor(1, "reader") as reader, ThreadPoolExecutor(1, "points") as post:
         pending, counts = deque(), []
         next_pair = reader.submit(read, 0) if n else None
-        for i in _progress(range(n), progress):
+        for i in progress_bar(range(n), progress, desc="pairs", unit="pair", mininterval=5):
             box, (cell_grid, tissue_grid) = next_pair.result()
             if i + 1 < n:
                 next_pair = reader.submit(read, i + 1)
@@ -105,12 +106,13 @@ def _run_pairs(inputs, predictor: Predictor, writer: PointsWriter, report: RunRe
     report.wall_s = time.perf_counter() - loop_start
 
 
-def _progress(iterable, enabled: bool):
+def progress_bar(iterable, enabled: bool, **tqdm_options):
+    """A tqdm bar over `iterable` (imported only when shown), or the iterable itself."""
     if not enabled:
         return iterable
     from tqdm import tqdm
 
-    return tqdm(iterable, desc="pairs", unit="pair", mininterval=5)
+    return tqdm(iterable, **tqdm_options)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,10 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    return exit_code(lambda: predict(args.input, args.output, weights=args.weights, device=args.device, tta=args.tta,
+                                     members=args.members, split=args.split, progress=not args.quiet))
+
+
+def exit_code(command: Callable[[], object], user_errors: tuple = USER_ERRORS) -> int:
+    """0 when `command()` finishes; a user error is one line on stderr and exit code 2, not a traceback."""
     try:
-        predict(args.input, args.output, weights=args.weights, device=args.device, tta=args.tta, members=args.members,
-                split=args.split, progress=not args.quiet)
-    except USER_ERRORS as error:
+        command()
+    except user_errors as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -21,13 +21,17 @@ from .preprocess import to_grid
 from .weights import TISSUE_FUSIONS, Ensemble
 
 
+class DeviceError(Exception):
+    """The device asked for is not there."""
+
+
 def select_device(name: str = "auto") -> torch.device:
     """CUDA when present (or asked for); on CPU use every core this process may run on, no more
     (Grand-Challenge's --pids-limit counts threads)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+        raise DeviceError("--device cuda was asked for, but torch sees no CUDA device (use --device cpu or auto)")
     device = torch.device(name)
     if device.type == "cpu":
         torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -37,7 +41,8 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 class Predictor:
-    """Holds the members on the device; call `cells(cell, tissue, box)` once per pair."""
+    """Holds the members on the device. For one pair in a script: `cells(cell, tissue, box)`. The pipeline
+    splits that up: `grids` on its reader thread, `probabilities_on_grids` on the device, points on another."""
 
     def __init__(self, members: list[CellTissueNet], *, tta: str = "all8", tissue_fusion: str = "mean",
                  postprocess: PostProcess = PostProcess(), device: torch.device | str = "cpu"):
@@ -134,6 +139,7 @@ class Predictor:
         return cell_probs, tissue_out
 
     def cells(self, cell: np.ndarray, tissue: np.ndarray, box: Box) -> Cells:
+        """(1024, 1024, 3) uint8 patches -> the pair's cells with the ensemble's post-processing."""
         cell_probs, _ = self.probabilities(cell, tissue, box)
         with self._stage("points"):
             return find_cells(cell_probs, self.postprocess)

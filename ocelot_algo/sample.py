@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layout", choices=("gc", "release"), default="gc")
     parser.add_argument("--compression", choices=("zlib",), default=None,
-                        help="gc layout: compress the TIFF strips (default: uncompressed, as GC stores them)")
+                        help="gc layout: zlib-compressed 256 px tiles (default: uncompressed single strips, as GC stores them)")
     parser.add_argument("--split", default="train", help="release layout: the subset folder and metadata value")
     parser.add_argument("--folds", type=int, default=2, help="release layout: folds in folds.json")
     args = parser.parse_args(argv)

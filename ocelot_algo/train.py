@@ -22,8 +22,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .data import IGNORE, AugmentConfig, Batcher, Sample, load_samples, read_folds
-from .evaluation import count_matches, scores
+from . import pipeline
+from .data import IGNORE, AugmentConfig, Batcher, Sample, load_samples
+from .evaluation import EvaluationInputError, count_matches, read_folds, scores
+from .geometry import TTA_MODES
+from .inputs import InputError
 from .model import INJECTIONS, ModelConfig, create_model
 from .points import PostProcess, find_cells
 from .predictor import Predictor, select_device
@@ -34,9 +37,19 @@ log = logging.getLogger("ocelot_algo.train")
 
 CLASS_WEIGHTS = (1.0, 2.0, 2.0)  # background, BC, TC: cells cover ~10% of the pixels
 TUNING_GRID = {"sigma": (0.0, 1.0, 2.0), "min_distance": (2, 3, 4, 5), "threshold": tuple(np.arange(0.1, 0.81, 0.05))}
+# What a resumed run may change: where things are, the time budget, how often it validates and the TTA of the final
+# maps. Every other argument shapes the training (data, batches, schedule, model), so it must stay as saved.
+FREE_ON_RESUME = ("data", "out", "device", "max_minutes", "eval_every", "tta")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+class RunError(Exception):
+    """A run folder that does not fit the command: another run in it, or files missing; the message names the file."""
+
+
+USER_ERRORS = (*pipeline.USER_ERRORS, EvaluationInputError, RunError)  # reported as one line, exit code 2
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ocelot_algo train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="release root: metadata.json, folds.json, images/, annotations/")
@@ -45,11 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1200, help="joint optimizer steps; the learning-rate schedule spans them")
     p.add_argument("--tissue-steps", type=int, default=0,
                    help="tissue-branch-only steps before the joint ones (their own schedule), so the cell branch "
-                        "gets tissue context from its first step; ignored for --injection none (the shipped "
-                        "recipe uses 0: see README's results)")
+                        "gets tissue context from its first step; not with --injection none (the shipped recipe "
+                        "uses 0: see README's results)")
     p.add_argument("--tissue-batch", type=int, default=8, help="tissue patches per tissue-only step")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumable) after this much wall time")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's checkpoint (a new run when it has none) with the same "
+                        "arguments, except " + ", ".join("--" + a.replace("_", "-") for a in FREE_ON_RESUME))
     p.add_argument("--injection", choices=INJECTIONS, default="input", help="how tissue context enters the cell branch")
     p.add_argument("--target", choices=("disk", "gaussian"), default="disk", help="cell target shape")
     p.add_argument("--cell-size", type=int, default=512)
@@ -64,17 +79,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--teacher-tissue", type=float, default=0.0,
                    help="largest share (0..1) of the annotated tissue mask blended into the tissue context of the "
                         "cell branch during training; each pair draws its share uniformly below it. Inference always "
-                        "uses the prediction alone (the shipped recipe uses 0: see README's results)")
+                        "uses the prediction alone; not with --injection none (the shipped recipe uses 0: see "
+                        "README's results)")
     p.add_argument("--eval-every", type=int, default=250, help="steps per epoch (validation + checkpoint)")
     p.add_argument("--limit-pairs", type=int, default=None, help="use only the first N training/validation pairs (smoke tests)")
-    p.add_argument("--tta", default="none", help="test-time augmentation for the final validation maps")
+    p.add_argument("--tta", default="none", choices=sorted(TTA_MODES),
+                   help="test-time augmentation for the final validation maps (and so of the ensemble they tune)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = _parser()
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be at least 1 (tissue-only training is --tissue-steps before joint steps)")
     if not 0 <= args.teacher_tissue <= 1:
         p.error("--teacher-tissue is a share: 0..1")
+    if args.injection == "none" and (args.teacher_tissue or args.tissue_steps):
+        p.error("--teacher-tissue and --tissue-steps act through the tissue branch, which --injection none has not")
     return args
 
 
@@ -189,21 +213,52 @@ def _setup_distributed(device_name: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _run_arguments(args: argparse.Namespace) -> dict:
+    """The arguments a run saves in its state (the time budget is per invocation)."""
+    return {k: v for k, v in vars(args).items() if k not in ("resume", "max_minutes")}
+
+
+def check_run_folder(out: Path, args: argparse.Namespace) -> None:
+    """One run per folder: a new run needs a folder without one, and a resumed run the arguments it was started
+    with (see FREE_ON_RESUME), else its result would be neither run."""
+    path = out / "state.json"
+    if not path.is_file():
+        return
+    if not args.resume:
+        raise RunError(f"{path}: {out} already holds a run: use --resume to continue it, or another --out")
+    saved, parser = json.loads(path.read_text())["args"], _parser()
+    changed = []
+    for key, value in _run_arguments(args).items():
+        before = saved.get(key, parser.get_default(key))  # a run saved before an option existed ran its default
+        if key not in FREE_ON_RESUME and value != before:
+            changed.append(f"--{key.replace('_', '-')} {value} (saved {before})")
+    if changed:
+        raise RunError(f"{path}: --resume with other arguments than the run's: {', '.join(changed)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return pipeline.exit_code(lambda: train(args), USER_ERRORS)
+
+
+def train(args: argparse.Namespace) -> None:
+    """Everything a user can get wrong (data, folds, run folder) is checked before the long loading."""
+    if not Path(args.data).is_dir():
+        raise InputError(f"--data {args.data}: folder not found")
+    folds = read_folds(Path(args.data) / "folds.json", None if args.fold == -1 else args.fold)
+    out = Path(args.out)
+    check_run_folder(out, args)
     rank, world = _setup_distributed(args.device)
     device = select_device(args.device if world == 1 or args.device == "cpu" else "cuda")
     if world > 1 and device.type == "cpu":
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         logging.getLogger().addHandler(logging.FileHandler(out / "train.log"))
     torch.manual_seed(args.seed)
 
-    folds = read_folds(args.data)
     val_ids = folds[args.fold] if args.fold >= 0 else []
     train_ids = sorted(i for k, fold in enumerate(folds) if k != args.fold for i in fold)
     if args.limit_pairs:
@@ -221,13 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     state = {"step": 0, "best_mF1": -1.0, "best_step": None, "history": [], "seconds": 0.0,
-             "args": {k: v for k, v in vars(args).items() if k not in ("resume", "max_minutes")}}
+             "args": _run_arguments(args)}
     if args.resume and (out / "state.json").exists():
         state = _load_checkpoint(out, model, optimizer)
         log.info("resumed at step %d", state["step"])
-    tissue_steps = args.tissue_steps if config.uses_tissue else 0
-    total = tissue_steps + args.steps
-    trainable = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=tissue_steps > 0) \
+    total = args.tissue_steps + args.steps
+    trainable = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=args.tissue_steps > 0) \
         if world > 1 else model
     batcher = Batcher(train_samples, crop=args.crop, pairs=args.pairs, crops_per_pair=args.crops_per_pair,
                       target=args.target, augment=AugmentConfig(), seed=args.seed, rank=rank,
@@ -235,17 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
 
     session_start, step = time.time(), state["step"]
-    progress = _progress(range(step, total), rank == 0, initial=step, total=total)
+    progress = pipeline.progress_bar(range(step, total), rank == 0, desc="train", unit="step", mininterval=10,
+                                    initial=step, total=total)
     for step in progress:
-        tissue_only = step < tissue_steps
+        tissue_only = step < args.tissue_steps
         batch = batcher(step, pairs=args.tissue_batch, crops_per_pair=0) if tissue_only else batcher(step)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        phase = (0, tissue_steps) if tissue_only else (tissue_steps, args.steps)
+        phase = (0, args.tissue_steps) if tissue_only else (args.tissue_steps, args.steps)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, *phase, args)
         with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-            teacher = teacher_tissue(batch["tissue_mask"], batch["teacher_share"]) \
-                if args.teacher_tissue and config.uses_tissue else None
+            teacher = teacher_tissue(batch["tissue_mask"], batch["teacher_share"]) if args.teacher_tissue else None
             cell_logits, tissue_logits = trainable(batch["cell"], batch["tissue"], batch["boxes"], batch["owner"], teacher)
         loss_cell = cell_loss(cell_logits, batch["target"]) if cell_logits is not None else torch.zeros((), device=device)
         loss_tissue = tissue_loss(tissue_logits, batch["tissue_mask"]) if tissue_logits is not None \
@@ -260,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
         done = step + 1
         out_of_time = deadline is not None and time.time() > deadline and done < total
-        joint_done = done - tissue_steps
+        joint_done = done - args.tissue_steps
         if (joint_done >= 0 and joint_done % args.eval_every == 0) or done == total or out_of_time:
             state["step"], state["seconds"] = done, state["seconds"] + time.time() - session_start
             session_start = time.time()
@@ -273,11 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             if rank == 0:
                 log.info("time budget of %g min reached at step %d: resume with --resume", args.max_minutes, done)
             _finish_distributed(world)
-            return 0
+            return
     if rank == 0:
         _export(out, val_samples, device, state, args)
     _finish_distributed(world)
-    return 0
 
 
 def _agree(flag: bool, world: int) -> bool:
@@ -292,14 +345,6 @@ def _agree(flag: bool, world: int) -> bool:
 def _finish_distributed(world: int) -> None:
     if world > 1:
         dist.destroy_process_group()
-
-
-def _progress(iterable, enabled: bool, **kwargs):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc="train", unit="step", mininterval=10, **kwargs)
 
 
 def _end_of_epoch(model, optimizer, val_samples, device, state, out: Path, loss_cell: float, loss_tissue: float,
@@ -341,8 +386,8 @@ def _export(out: Path, val_samples, device, state, args) -> None:
     if val_samples:
         maps, _ = validation_maps(model, val_samples, device, tta=args.tta)
         params, mf1 = tune_postprocess(maps, [s.points for s in val_samples])
-        model.config.postprocess = params.to_dict()
-        info.update(val_mF1_default=round(state["best_mF1"], 4), val_mF1_tuned=round(mf1, 4), val_tta=args.tta)
+        info.update(val_mF1_default=round(state["best_mF1"], 4), val_mF1_tuned=round(mf1, 4), val_tta=args.tta,
+                    postprocess=params.to_dict())  # for reference: the ensemble ships its own, tuned out-of-fold
         np.savez_compressed(out / "val_maps.npz", ids=np.array([s.pair_id for s in val_samples]),
                             maps=np.stack(maps).astype(np.float16))
         log.info("tuned post-processing %s: validation mF1 %.4f (tta %s)", params, mf1, args.tta)

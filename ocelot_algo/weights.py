@@ -35,7 +35,6 @@ class Ensemble:
     tissue_fusion: str
     postprocess: PostProcess
     manifest: dict
-    directory: Path
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -136,15 +135,22 @@ def load_ensemble(directory: Path, device: torch.device | str = "cpu", members: 
     sizes = {(m.config.cell_size, m.config.tissue_size) for m in members}
     if len(sizes) > 1:
         raise WeightsError(f"{manifest_path}: members disagree on patch sizes {sorted(sizes)}")
-    return Ensemble(members, names, tta, fusion, postprocess, manifest, directory)
+    return Ensemble(members, names, tta, fusion, postprocess, manifest)
 
 
-def resolve_weights_dir(explicit: str | Path | None) -> Path:
-    """--weights when given; else Grand-Challenge's /opt/ml/model when it holds a manifest; else weights/."""
+def resolve_weights_dir(explicit: str | Path | None, model_dir: Path = GC_MODEL_DIR) -> Path:
+    """--weights when given; else Grand-Challenge's /opt/ml/model when it holds a manifest; else weights/.
+
+    An uploaded model that is there but has no manifest at its top is an error, not a quiet fallback to the
+    bundled weights (the usual cause: a tarball of the folder instead of its contents)."""
     if explicit:
         return Path(explicit)
-    if (GC_MODEL_DIR / MANIFEST).is_file():
-        return GC_MODEL_DIR
+    if (model_dir / MANIFEST).is_file():
+        return model_dir
+    if model_dir.is_dir() and any(model_dir.iterdir()):
+        nested = sorted(str(p.relative_to(model_dir)) for p in model_dir.glob(f"*/{MANIFEST}"))
+        hint = f"; found {nested[0]}: pack the folder's contents (tar -C weights .)" if nested else ""
+        raise WeightsError(f"{model_dir}: holds files but no {MANIFEST} at its top{hint}")
     return BUNDLED_DIR
 
 

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SHARED_DATA
 from ocelot_algo import evaluation as ev
 from ocelot_algo.geometry import Box
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "ocelot"
 
 
 # ------------------------------------------------------------------ reference: Algorithm 1, written plainly
@@ -393,12 +392,12 @@ def test_unknown_ids_and_folds_are_errors(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------- real data
 
-needs_data = pytest.mark.skipif(not (DATA / "metadata.json").is_file(), reason="../shared/ocelot is absent")
+needs_data = pytest.mark.skipif(not (SHARED_DATA / "metadata.json").is_file(), reason="../shared/ocelot is absent")
 
 
 @pytest.fixture(scope="module")
 def real_truth():
-    return ev.load_release(DATA)
+    return ev.load_release(SHARED_DATA)
 
 
 @needs_data
@@ -415,7 +414,7 @@ def test_real_ground_truth_as_prediction_scores_one_and_swapped_zero(real_truth)
 
 @needs_data
 def test_real_tissue_context_ceiling_matches_the_readme(real_truth):
-    """README: classing each GT point by the GT tissue under it (tumour iff on cancer area) scores mF1 ~0.88; 92% of
+    """README (Results, "What tissue context can give"): classing each GT point by the GT tissue under it (tumour iff on cancer area) scores mF1 ~0.88; 92% of
     tumour cells lie on cancer area and 81% of background cells on background. A centre/corner mix-up of the cell
     box scores ~0.68 and swapped x/y ~0.73, so this pins down the geometry."""
     preds, on_own_region = [], {1: [0, 0], 2: [0, 0]}
@@ -438,7 +437,7 @@ def test_real_subset_report_end_to_end(tmp_path, real_truth):
     for pair in real_truth[:12]:
         (pred_dir / f"{pair.id}.csv").write_text("".join(f"{int(x)},{int(y)},{int(c)},1.0\n" for x, y, c in pair.cells))
     out = tmp_path / "out"
-    assert ev.main(["--pred", str(pred_dir), "--gt", str(DATA), "--ids", ",".join(ids), "--out", str(out),
+    assert ev.main(["--pred", str(pred_dir), "--gt", str(SHARED_DATA), "--ids", ",".join(ids), "--out", str(out),
                     "--bootstrap", "300"]) == 0
     report = json.loads((out / "report.json").read_text())
     run = report["runs"][0]

@@ -1,6 +1,9 @@
+import json
+
 import pytest
 import torch
 
+from conftest import ROOT
 from ocelot_algo.model import INJECTIONS, ModelConfig, create_model
 from ocelot_algo.weights import load_imagenet_encoder
 
@@ -35,6 +38,18 @@ def test_config_rejects_what_it_cannot_build():
         ModelConfig(cell_size=500)
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict({"injection": "input", "colour": "blue"})
+
+
+def test_member_configs_hold_only_what_rebuilds_the_model():
+    """Inference post-processes with the manifest's values; a member's own, tuned on its fold, are a training fact."""
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({"postprocess": {"sigma": 1.0, "min_distance": 3, "threshold": 0.4}})
+    members = sorted((ROOT / "weights").glob("fold*.json"))
+    assert members
+    for path in members:
+        member = json.loads(path.read_text())
+        ModelConfig.from_dict(member["model"])
+        assert set(member["info"]["postprocess"]) == {"sigma", "min_distance", "threshold"}, path
 
 
 def test_encoder_reproduces_timm_lite0_with_the_imagenet_weights():

@@ -9,8 +9,8 @@ import jsonschema
 import numpy as np
 import pytest
 
-from ocelot_algo import output
-from ocelot_algo.output import PointsWriter, main_validate, validate_document
+from ocelot_algo import files, output
+from ocelot_algo.output import OutputError, PointsWriter, main_validate, validate_document
 
 # GC's "Multiple points" schema (app/grandchallenge/components/schemas.py, ANSWER_TYPE_SCHEMA, kind MPOI, with
 # the point-object and version-object it references), transcribed from ../shared/reference/grand-challenge.md 1.5.
@@ -178,18 +178,27 @@ def test_a_failure_mid_write_leaves_no_file(tmp_path, monkeypatch, where):
     if where == "json-dump":  # the JSON is written last, after both CSVs were staged
         fail_on_call(monkeypatch, output.json, "dumps", 300)
     elif where == "fsync-of-second-csv":
-        fail_on_call(monkeypatch, output.os, "fsync", 2)
+        fail_on_call(monkeypatch, files.os, "fsync", 2)
     else:  # two CSVs are already renamed into place when the JSON's rename fails
-        fail_on_call(monkeypatch, output.os, "replace", 3)
+        fail_on_call(monkeypatch, files.os, "replace", 3)
     with pytest.raises(OSError, match="simulated"):
         writer.finish()
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_unwritable_output_folder_leaves_no_file(tmp_path):
+def test_an_unwritable_output_folder_is_reported_before_any_pair(tmp_path):
     blocker = tmp_path / "output"
     blocker.write_text("a file where the folder should be")
-    writer = PointsWriter(blocker, "grand-challenge", ["image_0"])
+    with pytest.raises(OutputError, match=r"output: cannot write the output there"):
+        PointsWriter(blocker, "grand-challenge", ["image_0"])
+    assert [p.name for p in tmp_path.iterdir()] == ["output"]
+
+
+def test_a_folder_gone_by_the_end_leaves_no_file(tmp_path):
+    folder = tmp_path / "output"
+    writer = PointsWriter(folder, "grand-challenge", ["image_0"])
+    folder.rmdir()
+    folder.with_name("output").write_text("replaced by a file")
     with pytest.raises(OSError):
         writer.finish()
     assert [p.name for p in tmp_path.iterdir()] == ["output"]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, SAMPLE_INPUT
 from ocelot_algo.output import validate_document
@@ -94,6 +95,23 @@ def test_bad_weights_are_one_line_on_stderr_exit_2_and_no_output(damage, random_
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_an_unwritable_output_is_found_before_the_weights_load(tmp_path, capsys):
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the output folder should be")
+    code = predict_main(["--input", str(SAMPLE_INPUT), "--output", str(blocker), "--weights",
+                         str(tmp_path / "no-weights-here"), "--quiet"])  # the weights would fail second
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and error[-1].startswith("error: ") and f"{blocker}: cannot write the output" in error[-1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_it_is_one_line(random_weights, tmp_path, capsys):
+    code = predict_main(["--input", str(SAMPLE_INPUT), "--output", str(tmp_path / "out"), "--weights",
+                         str(random_weights), "--device", "cuda", "--quiet"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and error[-1].startswith("error: --device cuda") and not (tmp_path / "out").exists()
+
+
 def test_bench_reports_every_stage(random_weights, tmp_path):
     result = subprocess.run([sys.executable, "-m", "ocelot_algo", "bench", "--pairs", "1", "--tta", "none",
                              "--weights", str(random_weights), "--json", str(tmp_path / "bench.json")],
@@ -131,3 +149,13 @@ def test_overlay_draws_cells_and_tissue_with_ground_truth(random_weights, tmp_pa
             assert image.size == (1024, 1024) and image.mode == "RGB"
     source = Image.open(release / "images/train/cell/001.jpg")
     assert Image.open(out / "001_cells.png").tobytes() != source.convert("RGB").tobytes()  # something was drawn
+
+
+def test_overlay_names_the_pairs_it_has_when_asked_for_another(random_weights, tmp_path, capsys):
+    from ocelot_algo.overlay import main as overlay_main
+
+    code = overlay_main(["--input", str(SAMPLE_INPUT), "--pairs", "image_0,015", "--out", str(tmp_path / "o"),
+                         "--weights", str(random_weights), "--tta", "none"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and error[-1].startswith("error: --pairs: no pair named '015'") and "image_0" in error[-1]
+    assert not (tmp_path / "o").exists()

@@ -1,5 +1,6 @@
 """Training end to end on a few pairs: real ones when ../shared/ocelot is here, else the synthetic release."""
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -10,12 +11,17 @@ import pytest
 import torch
 
 from conftest import ROOT, SHARED_DATA
+from ocelot_algo import train as training
+from ocelot_algo.ensemble import main as ensemble_main, member_names, out_of_fold_maps, write_weights
 from ocelot_algo.data import AugmentConfig, Batcher, cell_targets, load_samples
 from ocelot_algo.geometry import Box
+from ocelot_algo.model import ModelConfig
+from ocelot_algo.points import PostProcess
 from ocelot_algo.weights import load_ensemble, load_member
 
-TINY = ["--steps", "3", "--tissue-steps", "2", "--tissue-batch", "2", "--eval-every", "2", "--pairs", "2", "--crops-per-pair", "1", "--crop", "128",
-        "--cell-size", "256", "--tissue-size", "128", "--warmup", "1", "--tta", "flips", "--teacher-tissue", "0.5"]
+TINY_CELL_ONLY = ["--steps", "3", "--eval-every", "2", "--pairs", "2", "--crops-per-pair", "1", "--crop", "128",
+                  "--cell-size", "256", "--tissue-size", "128", "--warmup", "1", "--tta", "flips"]
+TINY = [*TINY_CELL_ONLY, "--tissue-steps", "2", "--tissue-batch", "2", "--teacher-tissue", "0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +45,19 @@ def release(tmp_path_factory):
     return root
 
 
-def train(*args, launcher=(sys.executable, "-m", "ocelot_algo")):
+def train(*args, launcher=(sys.executable, "-m", "ocelot_algo"), returncode=0):
     result = subprocess.run([*launcher, "train", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == returncode, result.stderr[-3000:]
     return result
 
 
-def test_training_stops_at_its_time_budget_resumes_and_exports_a_tuned_member(release, tmp_path):
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_training_stops_at_its_time_budget_resumes_and_exports_a_tuned_member(release, tmp_path, capsys):
     run = tmp_path / "run"
     result = train("--data", str(release), "--fold", "0", "--out", str(run), "--max-minutes", "0", *TINY)
     assert "time budget of 0 min reached at step 1" in result.stderr
@@ -57,14 +69,20 @@ def test_training_stops_at_its_time_budget_resumes_and_exports_a_tuned_member(re
     member = load_member(run, "model")
     info = json.loads((run / "model.json").read_text())["info"]
     assert info["steps"] == 2 + 3 and info["val_tta"] == "flips" and "val_mF1_tuned" in info
-    assert set(member.config.postprocess) == {"sigma", "min_distance", "threshold"}
+    assert set(info["postprocess"]) == {"sigma", "min_distance", "threshold"} and member.config.injection == "input"
     with np.load(run / "val_maps.npz") as maps:
         assert maps["maps"].shape[1:] == (3, 256, 256) and len(maps["ids"]) == 2
 
-    longer = [a if a != "3" else "4" for a in TINY]  # the same run, one step more
-    result = train("--data", str(release), "--fold", "0", "--out", str(run), "--resume", *longer)
+    # one run per folder: resumed only with the arguments that shaped it, never overwritten by a new one
+    same_folder = ["--data", str(release), "--fold", "0", "--out", str(run)]
+    longer = [a if a != "3" else "4" for a in TINY]  # another schedule: the result would be neither run
+    assert training.main([*same_folder, "--resume", *longer]) == 2
+    assert one_line_error(capsys) == (f"error: {run / 'state.json'}: --resume with other arguments than the run's: "
+                                      "--steps 4 (saved 3)\n")
+    assert training.main([*same_folder, *TINY]) == 2
+    assert "use --resume to continue it, or another --out" in one_line_error(capsys)
+    result = train(*same_folder, "--resume", *TINY, "--eval-every", "1", "--device", "cpu")  # free to change
     assert "resumed at step 5" in result.stderr
-    assert json.loads((run / "state.json").read_text())["step"] == 2 + 4
 
 
 def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
@@ -72,7 +90,7 @@ def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
     for k, run in enumerate(runs):
         train("--data", str(release), "--fold", str(k), "--out", str(run), *TINY)
     runs.append(tmp_path / "fold0-none")  # a second model of fold 0, of another kind: averaged with the first
-    train("--data", str(release), "--fold", "0", "--out", str(runs[-1]), "--injection", "none", *TINY)
+    train("--data", str(release), "--fold", "0", "--out", str(runs[-1]), "--injection", "none", *TINY_CELL_ONLY)
     weights, report = tmp_path / "weights", tmp_path / "report"
     ensemble_command = [sys.executable, "-m", "ocelot_algo", "ensemble", "--data", str(release), "--bootstrap", "50"]
     result = subprocess.run([*ensemble_command, "--runs", *map(str, runs), "--out", str(weights), "--report", str(report)],
@@ -80,6 +98,7 @@ def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     ensemble = load_ensemble(weights)
     assert ensemble.names == ["fold0", "fold0-none", "fold1"] and ensemble.manifest["trained"]
+    assert ensemble.manifest["tta"] == "flips"  # the TTA its post-processing was tuned with
     assert ensemble.manifest["out_of_fold"]["pairs"] == 4
     assert [m.tissue is None for m in ensemble.members] == [False, True, False]
     assert "CC BY-NC" in ensemble.manifest["licence"]
@@ -107,13 +126,33 @@ def test_distributed_training_with_two_gloo_processes(release, tmp_path):
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
 
 
-def test_arguments_that_cannot_train_are_refused():
+def test_arguments_that_cannot_train_are_refused(capsys):
     from ocelot_algo.train import parse_args
 
-    for bad in (["--steps", "0"], ["--teacher-tissue", "1.5"]):
+    for bad, why in ((["--steps", "0"], "at least 1"), (["--teacher-tissue", "1.5"], "0..1"),
+                     (["--injection", "none", "--teacher-tissue", "0.5"], "--injection none has not"),
+                     (["--injection", "none", "--tissue-steps", "10"], "--injection none has not"),
+                     (["--tta", "all4"], "invalid choice")):
         with pytest.raises(SystemExit):
             parse_args(["--data", "d", "--fold", "0", "--out", "o", *bad])
+        assert why in capsys.readouterr().err
     assert parse_args(["--data", "d", "--fold", "0", "--out", "o"]).teacher_tissue == 0.0
+
+
+def test_training_reports_user_errors_in_one_line_before_it_starts(release, tmp_path, capsys):
+    run = tmp_path / "run"
+    missing = tmp_path / "missing"
+    assert training.main(["--data", str(missing), "--fold", "0", "--out", str(run)]) == 2
+    assert one_line_error(capsys) == f"error: --data {missing}: folder not found\n"
+    assert training.main(["--data", str(tmp_path), "--fold", "0", "--out", str(run)]) == 2
+    assert f"{tmp_path / 'folds.json'}: cannot read as JSON" in one_line_error(capsys)
+    assert training.main(["--data", str(release), "--fold", "2", "--out", str(run)]) == 2
+    assert one_line_error(capsys) == f"error: {release / 'folds.json'}: no fold 2 among its 2 (0-based)\n"
+    assert not run.exists()
+    no_images = tmp_path / "no-images"  # an input problem found while loading: InputError, no traceback
+    shutil.copytree(release, no_images, symlinks=True, ignore=shutil.ignore_patterns("images"))
+    result = train("--data", str(no_images), "--fold", "-1", "--out", str(run), *TINY, returncode=2)
+    assert result.stderr.startswith(f"error: {no_images}: no inputs found") and "Traceback" not in result.stderr
 
 
 def test_batches_are_deterministic_and_targets_follow_the_cells(release):
@@ -140,22 +179,67 @@ def test_disk_and_gaussian_targets():
     assert 0 < gauss[2, 32, 30] < 1 and torch.allclose(gauss.sum(0), torch.ones(64, 64))
 
 
+def fake_run(folder, ids, value, tta="flips"):
+    """A run folder as `train` leaves it, with constant maps and a placeholder for the weights."""
+    folder.mkdir(parents=True)
+    np.savez(folder / "val_maps.npz", ids=np.array(ids), maps=np.full((len(ids), 3, 4, 4), value, np.float16))
+    (folder / "model.json").write_text(json.dumps({"model": ModelConfig().to_dict(), "info": {"val_tta": tta}}))
+    (folder / "model.safetensors").write_bytes(b"weights of " + folder.name.encode())
+    return folder
+
+
 def test_runs_of_one_fold_are_averaged_out_of_fold_and_partial_overlaps_refused(tmp_path):
-    from ocelot_algo.ensemble import member_names, out_of_fold_maps
-
-    def run(name, ids, value):
-        folder = tmp_path / name
-        folder.mkdir()
-        np.savez(folder / "val_maps.npz", ids=np.array(ids), maps=np.full((len(ids), 3, 4, 4), value, np.float16))
-        return folder
-
-    a, b, c = run("f0-a", ["001", "002"], 0.2), run("f0-b", ["002", "001"], 0.6), run("f1", ["003"], 0.5)
+    a, b = fake_run(tmp_path / "f0-a", ["001", "002"], 0.2), fake_run(tmp_path / "f0-b", ["002", "001"], 0.6)
+    c = fake_run(tmp_path / "f1", ["003"], 0.5)
     maps = out_of_fold_maps([a, b, c])
     assert list(maps) == ["001", "002", "003"]
     assert np.allclose(maps["001"], 0.4, atol=1e-3) and np.allclose(maps["003"], 0.5, atol=1e-3)
-    with pytest.raises(ValueError, match="pair 002 is also validated"):
-        out_of_fold_maps([a, run("f0-c", ["002", "004"], 0.1)])
+    with pytest.raises(training.RunError, match="pair 002 is also validated"):
+        out_of_fold_maps([a, fake_run(tmp_path / "f0-c", ["002", "004"], 0.1)])
     assert member_names([a, c]) == ["f0-a", "f1"]
-    (tmp_path / "other").mkdir()
-    with pytest.raises(ValueError, match="share the folder name 'f1'"):
-        member_names([c, run("other/f1", ["005"], 0.1)])
+    with pytest.raises(training.RunError, match="share the folder name 'f1'"):
+        member_names([c, fake_run(tmp_path / "other" / "f1", ["005"], 0.1)])
+
+
+def test_ensemble_checks_every_run_before_scoring(tmp_path, capsys):
+    """Found at once, in one line: not after the long scoring, nor as maps of one TTA shipped with another."""
+    a, b = fake_run(tmp_path / "f0", ["001"], 0.2), fake_run(tmp_path / "f1", ["002"], 0.4, tta="all8")
+    settings = ["--data", str(tmp_path / "no-release"), "--report", str(tmp_path / "report")]
+    assert ensemble_main(["--runs", str(a), "--compare-runs", str(b), *settings]) == 2
+    assert one_line_error(capsys) == ("error: the runs' validation maps were made with different --tta: "
+                                      f"all8 ({b}); flips ({a})\n")
+    (a / "model.safetensors").unlink()
+    assert ensemble_main(["--runs", str(a), *settings, "--out", str(tmp_path / "weights")]) == 2
+    assert one_line_error(capsys) == f"error: {a / 'model.safetensors'}: file not found\n"
+    (b / "val_maps.npz").unlink()
+    assert ensemble_main(["--runs", str(b), *settings]) == 2
+    assert one_line_error(capsys) == f"error: {b / 'val_maps.npz'}: file not found\n"
+    assert not (tmp_path / "report").exists() and not (tmp_path / "weights").exists()
+
+
+def test_weights_get_their_manifest_last_and_files_it_does_not_list_are_named(tmp_path, monkeypatch, caplog):
+    out, settings = tmp_path / "weights", {"tta": "flips", "postprocess": PostProcess(), "out_of_fold": {"pairs": 2}}
+    write_weights(out, [fake_run(tmp_path / "old" / "f0", ["001"], 0.1)], ["f0"], **settings)
+    runs = [fake_run(tmp_path / "new" / name, [name], 0.5) for name in ("f0", "f1")]
+    copied, copy = [], shutil.copyfile
+
+    def copy_then_fail(source, target):
+        if copied:
+            raise OSError("disk full")
+        copied.append(copy(source, target))
+
+    monkeypatch.setattr(shutil, "copyfile", copy_then_fail)
+    with pytest.raises(OSError):
+        write_weights(out, runs, ["f0", "f1"], **settings)
+    # the old manifest would now list a new f0.safetensors with the old post-processing: better none at all
+    assert copied == [out / "f0.safetensors"] and not (out / "manifest.json").exists()
+    monkeypatch.undo()
+    (out / "stale.json").write_text("{}")
+    (out / "stale.safetensors").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="ocelot_algo.ensemble"):
+        write_weights(out, runs, ["f0", "f1"], **settings)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["members"] == ["f0", "f1"] and manifest["tta"] == "flips"
+    assert (out / "f1.safetensors").read_bytes() == b"weights of f1"
+    assert "holds stale.json, stale.safetensors, which its manifest does not list" in caplog.text
+    assert (out / "stale.json").exists()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import make_weights
-from ocelot_algo.weights import WeightsError, load_ensemble, resolve_weights_dir
+from ocelot_algo.weights import BUNDLED_DIR, WeightsError, load_ensemble, resolve_weights_dir
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -91,3 +91,20 @@ def test_invalid_member_config(weights):
 def test_explicit_weights_folder_wins(tmp_path):
     assert resolve_weights_dir(tmp_path) == tmp_path
     assert resolve_weights_dir(None).name in ("weights", "model")
+
+
+def test_uploaded_model_folder_is_used_when_it_has_a_manifest(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    assert resolve_weights_dir(None, model_dir) == BUNDLED_DIR  # empty: nothing uploaded
+    (model_dir / "manifest.json").write_text("{}")
+    assert resolve_weights_dir(None, model_dir) == model_dir
+
+
+def test_uploaded_model_folder_without_manifest_is_an_error(tmp_path):
+    model_dir = tmp_path / "model"
+    (model_dir / "weights").mkdir(parents=True)
+    (model_dir / "weights" / "manifest.json").write_text("{}")  # tar of the folder, not of its contents
+    with pytest.raises(WeightsError, match=r"model: holds files but no manifest.json at its top; found "
+                                           r"weights/manifest.json: pack the folder's contents"):
+        resolve_weights_dir(None, model_dir)
