@@ -2,9 +2,9 @@
 
 Each training run keeps its validation fold's probability maps, made with its `--tta`; all runs must share that
 TTA, and the manifest ships it. Together the five folds cover every pair once, so post-processing is tuned on all
-of them and the score is an honest estimate for unseen slides: every pair is predicted by the models that never saw its slide (averaged, when a fold has
-several). Writes the members, manifest, licence and the evaluation report (optionally side by side with a second
-set of runs, e.g. the cell-only ablation).
+of them and the score is an honest estimate for unseen slides: every pair is predicted by the models that never
+saw its slide (averaged, when a fold has several). Writes the members, manifest, licence and the evaluation report
+(optionally side by side with a second set of runs, e.g. the cell-only ablation).
 """
 from __future__ import annotations
 

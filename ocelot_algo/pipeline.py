@@ -1,8 +1,8 @@
 """`python process.py` / `python -m ocelot_algo predict`: read -> predict -> points -> write, for a folder of pairs.
 
 Everything is checked before the first pair (inputs, device, output folder, then weights), so bad input fails
-fast and writes nothing. While the network works on pair i, a reader thread fetches pair i+1 and a second thread turns pair
-i-1's probabilities into points, so on a busy device almost all wall time is spent in forward passes.
+fast and writes nothing. While the network works on pair i, a reader thread fetches pair i+1 and a second thread
+turns pair i-1's probabilities into points, so on a busy device almost all wall time is spent in forward passes.
 """
 from __future__ import annotations
 
