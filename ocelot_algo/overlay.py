@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from scipy import ndimage
 
 from .geometry import TTA_MODES
 from .inputs import InputError, open_inputs
-from .pipeline import USER_ERRORS
+from .pipeline import exit_code
 from .points import find_cells
 from .predictor import Predictor, select_device
 from .weights import load_ensemble, resolve_weights_dir
@@ -82,14 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", default=None, choices=sorted(TTA_MODES), help="default: the manifest's")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        inputs = open_inputs(args.input, split=args.split)
-        chosen = _chosen_pairs(inputs.pair_names, args.pairs)
-        device = select_device(args.device)
-        predictor = Predictor.from_ensemble(load_ensemble(resolve_weights_dir(args.weights), device), device, args.tta)
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: _draw(args))
+
+
+def _draw(args: argparse.Namespace) -> None:
+    """Everything is checked (inputs, pairs, device, weights) before the output folder is made."""
+    inputs = open_inputs(args.input, split=args.split)
+    chosen = _chosen_pairs(inputs.pair_names, args.pairs)
+    device = select_device(args.device)
+    predictor = Predictor.from_ensemble(load_ensemble(resolve_weights_dir(args.weights), device), device, args.tta)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = inputs.pair_names
@@ -104,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
             draw_tissue(pair.tissue, None if tissue_probs is None else tissue_probs[1], pair.box,
                         gt.tissue_mask() if gt else None).save(out / f"{pair.name}_tissue.png")
             logging.info("%s: %d cells -> %s", pair.name, len(cells), out / f"{pair.name}_cells.png")
-    return 0
 
 
 def _chosen_pairs(names: list[str], spec: str) -> list[int]:
