@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .geometry import TTA_MODES
+from .pipeline import add_model_arguments, exit_code, predict
 
 FORWARD_STAGES = ("tissue_forward", "cell_forward")
 
@@ -59,16 +60,11 @@ def _gflop_per_pair(weights: str | None, members: int | None, tta: str | None) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ocelot_algo bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--tta", choices=sorted(TTA_MODES), default=None, help="default: the manifest's")
-    parser.add_argument("--members", type=int, default=None, help="use only the first N ensemble members")
-    parser.add_argument("--weights", default=None)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--pairs", type=int, default=4, help="synthetic pairs to time (default 4)")
+    add_model_arguments(parser)
     parser.add_argument("--json", default=None, help="also write the result to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from .pipeline import exit_code
-
     return exit_code(lambda: _bench(args))
 
 
@@ -78,8 +74,6 @@ def _bench(args: argparse.Namespace) -> None:
         sample, out = Path(tmp) / "input", Path(tmp) / "output"
         subprocess.run([sys.executable, "-m", "ocelot_algo", "make-sample", "--out", str(sample),
                         "--pairs", str(args.pairs), "--seed", "1"], check=True, stdout=subprocess.DEVNULL)
-        from .pipeline import predict
-
         report = predict(sample, out, weights=args.weights, device=args.device, tta=args.tta, members=args.members,
                          progress=False)
 

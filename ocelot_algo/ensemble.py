@@ -134,9 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="weights folder to write (e.g. weights/); without it only the report is written")
     parser.add_argument("--report", required=True, help="folder for the out-of-fold evaluation report")
     parser.add_argument("--compare-runs", nargs="*", default=None, help="runs of a second configuration (ablation)")
-    parser.add_argument("--name", default="shipped")
-    parser.add_argument("--compare-name", default="cell-only")
-    parser.add_argument("--bootstrap", type=int, default=10_000)
+    parser.add_argument("--name", default="shipped", help="label of --runs in the report (default: shipped)")
+    parser.add_argument("--compare-name", default="cell-only", help="label of --compare-runs (default: cell-only)")
+    parser.add_argument("--bootstrap", type=int, default=10_000,
+                        help="resamples of the paired bootstrap confidence intervals (default: 10000)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     return exit_code(lambda: ensemble(args), USER_ERRORS)

@@ -231,7 +231,7 @@ def main_validate(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ocelot_algo validate",
                                      description="Check an output file against GC's schema and the OCELOT "
                                                  "evaluator's rules.")
-    parser.add_argument("file", type=Path)
+    parser.add_argument("file", type=Path, help="a cell_classification.json to check against the schema")
     parser.add_argument("--pairs", type=int, help="number of pairs in the input: names must be image_0..N-1")
     parser.add_argument("--require-points", action="store_true", help="every pair must have a point")
     args = parser.parse_args(argv)

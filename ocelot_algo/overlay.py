@@ -14,9 +14,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from .geometry import TTA_MODES
 from .inputs import InputError, open_inputs
-from .pipeline import exit_code
+from .pipeline import add_model_arguments, exit_code
 from .points import find_cells
 from .predictor import Predictor, select_device
 from .weights import load_ensemble, resolve_weights_dir
@@ -75,10 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="Grand-Challenge input folder or release folder")
     parser.add_argument("--split", default="test", help="split of a release folder")
     parser.add_argument("--pairs", default="0:4", help="pair names (e.g. 003,017) or a slice of positions (e.g. 0:4)")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--weights", default=None)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--tta", default=None, choices=sorted(TTA_MODES), help="default: the manifest's")
+    parser.add_argument("--out", required=True, help="folder for one PNG per pair (created)")
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     return exit_code(lambda: _draw(args))
@@ -89,7 +86,7 @@ def _draw(args: argparse.Namespace) -> None:
     inputs = open_inputs(args.input, split=args.split)
     chosen = _chosen_pairs(inputs.pair_names, args.pairs)
     device = select_device(args.device)
-    predictor = Predictor.from_ensemble(load_ensemble(resolve_weights_dir(args.weights), device), device, args.tta)
+    predictor = Predictor.from_ensemble(load_ensemble(resolve_weights_dir(args.weights), device, args.members), device, args.tta)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = inputs.pair_names

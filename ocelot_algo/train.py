@@ -49,9 +49,18 @@ class RunError(Exception):
 USER_ERRORS = (*pipeline.USER_ERRORS, EvaluationInputError, RunError)  # reported as one line, exit code 2
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and each option's default where it has one (the recipe is in the defaults)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return f"{action.help} (default: %(default)s)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ocelot_algo train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("--data", required=True, help="release root: metadata.json, folds.json, images/, annotations/")
     p.add_argument("--fold", type=int, required=True, help="validation fold in folds.json; -1 trains on every pair")
     p.add_argument("--out", required=True, help="run folder (checkpoint, log, exported member)")
@@ -67,14 +76,16 @@ def _parser() -> argparse.ArgumentParser:
                         "arguments, except " + ", ".join("--" + a.replace("_", "-") for a in FREE_ON_RESUME))
     p.add_argument("--injection", choices=INJECTIONS, default="input", help="how tissue context enters the cell branch")
     p.add_argument("--target", choices=("disk", "gaussian"), default="disk", help="cell target shape")
-    p.add_argument("--cell-size", type=int, default=512)
-    p.add_argument("--tissue-size", type=int, default=256)
+    p.add_argument("--cell-size", type=int, default=512,
+                   help="side the 1024-px cell patch is resized to (512: ~0.39 um/px); travels with the weights")
+    p.add_argument("--tissue-size", type=int, default=256,
+                   help="side the 1024-px tissue patch is resized to (256: ~3.1 um/px); travels with the weights")
     p.add_argument("--crop", type=int, default=256, help="side of the cell crops on the cell grid")
     p.add_argument("--pairs", type=int, default=4, help="tissue patches per batch")
     p.add_argument("--crops-per-pair", type=int, default=2, help="cell crops per tissue patch")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (after warm-up, then cosine decay)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps of each phase")
     p.add_argument("--tissue-weight", type=float, default=0.5, help="weight of the tissue loss")
     p.add_argument("--teacher-tissue", type=float, default=0.0,
                    help="largest share (0..1) of the annotated tissue mask blended into the tissue context of the "
@@ -85,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-pairs", type=int, default=None, help="use only the first N training/validation pairs (smoke tests)")
     p.add_argument("--tta", default="none", choices=sorted(TTA_MODES),
                    help="test-time augmentation for the final validation maps (and so of the ensemble they tune)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the batches")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
     return p
 
 
