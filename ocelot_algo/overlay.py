@@ -86,7 +86,8 @@ def _draw(args: argparse.Namespace) -> None:
     inputs = open_inputs(args.input, split=args.split)
     chosen = _chosen_pairs(inputs.pair_names, args.pairs)
     device = select_device(args.device)
-    predictor = Predictor.from_ensemble(load_ensemble(resolve_weights_dir(args.weights), device, args.members), device, args.tta)
+    ensemble = load_ensemble(resolve_weights_dir(args.weights), device, args.members)
+    predictor = Predictor.from_ensemble(ensemble, device, args.tta)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = inputs.pair_names
