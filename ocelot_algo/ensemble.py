@@ -3,23 +3,27 @@
 Each training run keeps its validation fold's probability maps, made with its `--tta`; all runs must share that
 TTA, and the manifest ships it. Together the five folds cover every pair once, so post-processing is tuned on all
 of them and the score is an honest estimate for unseen slides: every pair is predicted by the models that never
-saw its slide (averaged, when a fold has several). Writes the members, manifest, licence and the evaluation report
-(optionally side by side with a second set of runs, e.g. the cell-only ablation).
+saw its slide (averaged, when a fold has several). The late fusion of the class decision with the predicted tissue
+is tuned too, and kept only if it also wins on folds it was not tuned on. Writes the members, manifest, licence and
+the evaluation report (optionally side by side with a second set of runs, e.g. the cell-only ablation).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .evaluation import Predictions, evaluate_dataset, format_summary, load_release, write_report
+from .evaluation import (BG, CA, Predictions, count_matches, evaluate_dataset, format_summary, load_release, scores,
+                         tissue_regions, write_report)
 from .files import write_atomic
 from .model import ModelConfig
-from .points import PostProcess, find_cells
+from .points import PostProcess, classify_peaks, find_cells, find_peaks
 from .pipeline import exit_code
 from .train import USER_ERRORS, RunError, tune_postprocess
 from .weights import MANIFEST, write_manifest
@@ -39,12 +43,22 @@ Cite: {CITATION}.
 """
 
 
-def out_of_fold_maps(runs: list[Path]) -> dict[str, np.ndarray]:
-    """Pair id -> cell probability map, from each run's val_maps.npz; every id exactly once.
+@dataclass
+class OutOfFold:
+    """Every pair once, predicted by the runs that never saw its slide (averaged, when a fold has several)."""
 
-    Runs validated on the same pairs (one fold, several models) are averaged, as the shipped ensemble averages
-    its members; runs whose validation pairs only partly overlap cannot be scored out-of-fold together."""
+    maps: dict[str, np.ndarray]  # pair id -> cell probability map
+    fold: dict[str, int]  # pair id -> its group of runs (one fold)
+    cancer: dict[str, np.ndarray] | None  # pair id -> cancer-area probability on the cell grid; None unless every
+    # fold has a run with a tissue branch (averaged over those, as the shipped ensemble fuses its tissue maps)
+
+
+def out_of_fold_maps(runs: list[Path]) -> OutOfFold:
+    """From each run's val_maps.npz. Runs validated on the same pairs (one fold, several models) are averaged, as the
+    shipped ensemble averages its members; runs whose validation pairs only partly overlap cannot be scored
+    out-of-fold together."""
     sums: dict[str, np.ndarray] = {}
+    cancer_sums: dict[str, list[np.ndarray]] = {}
     groups: dict[frozenset, list[Path]] = {}
     for run in runs:
         with np.load(run / "val_maps.npz") as data:
@@ -55,9 +69,13 @@ def out_of_fold_maps(runs: list[Path]) -> dict[str, np.ndarray]:
                 raise RunError(f"{run}: pair {clash} is also validated by another run on other pairs")
             for pair_id, m in zip(ids, data["maps"]):
                 sums[pair_id] = sums[pair_id] + m if pair_id in sums else m.astype(np.float32)
+            for pair_id, c in zip(ids, data["cancer"] if "cancer" in data else []):
+                cancer_sums.setdefault(pair_id, []).append(c.astype(np.float32))
             group.append(run)
+    fold = {i: k for k, ids in enumerate(groups) for i in ids}
     counts = {i: len(group) for ids, group in groups.items() for i in ids}
-    return {i: sums[i] / counts[i] for i in sorted(sums)}
+    cancer = {i: np.mean(cancer_sums[i], axis=0) for i in sorted(sums)} if set(cancer_sums) == set(sums) else None
+    return OutOfFold({i: sums[i] / counts[i] for i in sorted(sums)}, {i: fold[i] for i in sorted(sums)}, cancer)
 
 
 def member_names(runs: list[Path]) -> list[str]:
@@ -116,13 +134,71 @@ def write_weights(out: Path, runs: list[Path], names: list[str], *, tta: str, po
     log.info("wrote %s with members %s", out / MANIFEST, ", ".join(members))
 
 
-def score_runs(runs: list[Path], data: Path, name: str) -> tuple[PostProcess, Predictions, list]:
-    maps = out_of_fold_maps(runs)
-    truth = load_release(data, "train", list(maps))
-    params, mf1 = tune_postprocess(list(maps.values()), [t.cells for t in truth])
-    log.info("%s: %d out-of-fold pairs, tuned %s -> mF1 %.4f", name, len(maps), params, mf1)
-    points = [find_cells(m, params).as_array() for m in maps.values()]
-    return params, Predictions(name, points), truth
+# the class decision's late fusion (see points.tumour_score): tissue weight x tumour bias
+FUSION_GRID = {"tissue_weight": (0.0, 0.25, 0.5, 1.0, 2.0), "tumour_bias": (-0.5, -0.25, 0.0, 0.25, 0.5)}
+
+
+def tune_tissue_fusion(oof: OutOfFold, truth: list, params: PostProcess) -> tuple[PostProcess, dict]:
+    """Whether weighing the predicted cancer area into the class decision helps, out-of-fold.
+
+    The grid point best on all pairs is adopted only if choosing it on the other folds and scoring each fold beats
+    the plain argmax on the same pairs: two more tuned numbers must earn their place on slides they were not tuned
+    on. Also scores the annotated tissue in place of the predicted one (when the release has tissue masks): what a
+    perfect tissue branch would give through this fusion."""
+    maps = list(oof.maps.values())
+    peaks = [find_peaks(m, params) for m in maps]
+    folds = np.array([oof.fold[i] for i in oof.maps])
+
+    def counts(rule: PostProcess, cancer_at_peaks: list) -> np.ndarray:
+        """(pairs, 2, 3) TP/FP/FN with the classes decided by `rule`."""
+        return np.stack([count_matches(classify_peaks(m, *p, rule, c).as_array(), t.cells)
+                         for m, p, c, t in zip(maps, peaks, cancer_at_peaks, truth)])
+
+    predicted = [oof.cancer[i][rows, cols] for i, (rows, cols, _) in zip(oof.maps, peaks)]
+    grid = [replace(params, tissue_weight=w, tumour_bias=b)
+            for w, b in itertools.product(FUSION_GRID["tissue_weight"], FUSION_GRID["tumour_bias"])]
+    per_pair = {rule: counts(rule, predicted) for rule in grid}
+
+    def best_on(pairs: np.ndarray) -> PostProcess:
+        return max(grid, key=lambda rule: scores(per_pair[rule][pairs].sum(0))["mF1"])
+
+    best = best_on(np.ones(len(maps), bool))
+    nested = sum(per_pair[best_on(folds != k)][folds == k].sum(0) for k in np.unique(folds))
+    plain_mf1, nested_mf1 = scores(per_pair[params].sum(0))["mF1"], scores(nested)["mF1"]
+    result = {"grid": FUSION_GRID, "plain_mF1": plain_mf1,
+              "best_on_all_pairs": {"tissue_weight": best.tissue_weight, "tumour_bias": best.tumour_bias,
+                                    "mF1": scores(per_pair[best].sum(0))["mF1"]},
+              "chosen_on_other_folds_mF1": nested_mf1, "adopted": nested_mf1 > plain_mf1}
+    log.info("late fusion of the predicted tissue: best on all pairs tissue_weight %g, tumour_bias %g (mF1 %.4f); "
+             "chosen on the other folds %.4f vs plain %.4f -> %s", best.tissue_weight, best.tumour_bias,
+             result["best_on_all_pairs"]["mF1"], nested_mf1, plain_mf1, "adopted" if result["adopted"] else "not adopted")
+    if all(t.tissue_path is not None for t in truth):
+        annotated = [annotated_cancer(m, p, t) for m, p, t in zip(maps, peaks, truth)]
+        result["annotated_tissue_mF1"] = scores(counts(replace(params, tissue_weight=1.0), annotated).sum(0))["mF1"]
+        log.info("the same with the annotated tissue in place of the predicted one: mF1 %.4f",
+                 result["annotated_tissue_mF1"])
+    return (best if result["adopted"] else params), result
+
+
+def annotated_cancer(probs: np.ndarray, peaks: tuple, truth) -> np.ndarray:
+    """The annotated tissue under each peak as a cancer-area 'probability': 1 on cancer area, 0 on background,
+    0.5 (no opinion) on unknown tissue or off the tissue patch."""
+    cells = classify_peaks(probs, *peaks, PostProcess())
+    regions = tissue_regions(np.stack([cells.x, cells.y], 1), truth.box, truth.tissue_mask())
+    return np.select([regions == CA, regions == BG], [1.0, 0.0], 0.5)
+
+
+def score_runs(runs: list[Path], data: Path, name: str) -> tuple[PostProcess, Predictions, list, dict | None]:
+    oof = out_of_fold_maps(runs)
+    truth = load_release(data, "train", list(oof.maps))
+    params, mf1 = tune_postprocess(list(oof.maps.values()), [t.cells for t in truth])
+    log.info("%s: %d out-of-fold pairs, tuned %s -> mF1 %.4f", name, len(oof.maps), params, mf1)
+    fusion = None
+    if oof.cancer is not None:
+        params, fusion = tune_tissue_fusion(oof, truth, params)
+    cancer = [None if oof.cancer is None else oof.cancer[i] for i in oof.maps]
+    points = [find_cells(m, params, c).as_array() for m, c in zip(oof.maps.values(), cancer)]
+    return params, Predictions(name, points), truth, fusion
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,14 +224,16 @@ def ensemble(args: argparse.Namespace) -> None:
     # Checked before the long scoring so a problem is found at once; only written members need distinct names.
     tta = check_runs(runs + compare_runs, runs if args.out else [])
     names = member_names(runs) if args.out else []
-    params, preds, truth = score_runs(runs, Path(args.data), args.name)
+    params, preds, truth, fusion = score_runs(runs, Path(args.data), args.name)
     compare = None
     if compare_runs:
-        _, compare, compare_truth = score_runs(compare_runs, Path(args.data), args.compare_name)
+        _, compare, compare_truth, _ = score_runs(compare_runs, Path(args.data), args.compare_name)
         if [t.id for t in compare_truth] != [t.id for t in truth]:
             raise RunError("--runs and --compare-runs do not cover the same pairs")
     report = evaluate_dataset(truth, preds, compare, bootstrap=args.bootstrap)
     report["settings"].update(tta=tta, postprocess=params.to_dict())
+    if fusion is not None:
+        report["settings"]["tissue_fusion_tuning"] = fusion
     write_report(report, Path(args.report))
     print(format_summary(report))
     if args.out is not None:

@@ -16,7 +16,6 @@ from scipy import ndimage
 
 from .inputs import InputError, open_inputs
 from .pipeline import add_model_arguments, exit_code
-from .points import find_cells
 from .predictor import Predictor, select_device
 from .weights import load_ensemble, resolve_weights_dir
 
@@ -96,7 +95,7 @@ def _draw(args: argparse.Namespace) -> None:
         for i in chosen:
             pair = inputs.read(i)
             cell_probs, tissue_probs = predictor.probabilities(pair.cell, pair.tissue, pair.box)
-            cells = find_cells(cell_probs, predictor.postprocess).as_array()
+            cells = predictor.points(cell_probs, tissue_probs, pair.box).as_array()
             gt = truth.get(pair.name)
             draw_cells(pair.cell, cells, gt.cells if gt else None).save(out / f"{pair.name}_cells.png")
             draw_tissue(pair.tissue, None if tissue_probs is None else tissue_probs[1], pair.box,

@@ -19,7 +19,6 @@ from pathlib import Path
 from .geometry import TTA_MODES
 from .inputs import InputError, log_environment, open_inputs
 from .output import OutputError, PointsWriter
-from .points import find_cells
 from .predictor import DeviceError, Predictor, select_device
 from .weights import WeightsError, load_ensemble, resolve_weights_dir
 
@@ -77,9 +76,9 @@ def _run_pairs(inputs, predictor: Predictor, writer: PointsWriter, report: RunRe
         per_pair[i]["read"], per_pair[i]["resize"] = t1 - t0, time.perf_counter() - t1
         return pair.box, grids
 
-    def to_points(i, probs):
+    def to_points(i, probs, tissue_probs, box):
         t = time.perf_counter()
-        cells = find_cells(probs, predictor.postprocess)
+        cells = predictor.points(probs, tissue_probs, box)
         writer.add(i, cells.x, cells.y, cells.cls, cells.probability)
         per_pair[i]["points"] = time.perf_counter() - t
         return len(cells)
@@ -92,9 +91,9 @@ def _run_pairs(inputs, predictor: Predictor, writer: PointsWriter, report: RunRe
             if i + 1 < n:
                 next_pair = reader.submit(read, i + 1)
             before = dict(predictor.timings)
-            probs, _ = predictor.probabilities_on_grids(cell_grid, tissue_grid, box)
+            probs, tissue_probs = predictor.probabilities_on_grids(cell_grid, tissue_grid, box)
             per_pair[i].update({k: v - before.get(k, 0.0) for k, v in predictor.timings.items()})
-            pending.append(post.submit(to_points, i, probs))
+            pending.append(post.submit(to_points, i, probs, tissue_probs, box))
             while len(pending) > 2:  # bounded: memory must not grow with the number of pairs
                 counts.append(pending.popleft().result())
         counts.extend(f.result() for f in pending)

@@ -1,4 +1,5 @@
-"""Probability maps -> cell points: smooth the foreground, keep local maxima, class = argmax(BC, TC)."""
+"""Probability maps -> cell points: smooth the foreground, keep local maxima, class = argmax(BC, TC), optionally
+shifted by the predicted cancer area under the cell (late fusion, as several challenge entries did)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -16,6 +17,14 @@ class PostProcess:
     sigma: float = 1.0  # Gaussian smoothing of the foreground, in grid pixels
     min_distance: int = 3  # peaks closer than this (grid pixels, Chebyshev) are merged
     threshold: float = 0.4  # minimum smoothed foreground probability
+    # Class = tumour where log(p_TC / p_BC) + tissue_weight * logit p(cancer area) + tumour_bias > 0; 0 and 0 is
+    # the plain argmax. A tissue_weight needs the tissue prediction on the cell grid (a member with a tissue branch).
+    tissue_weight: float = 0.0
+    tumour_bias: float = 0.0
+
+    @property
+    def uses_tissue(self) -> bool:
+        return self.tissue_weight != 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,8 +47,26 @@ class Cells:
         return np.stack([self.x, self.y, self.cls, self.probability], axis=1).astype(float).reshape(-1, 4)
 
 
-def find_cells(probs: np.ndarray, params: PostProcess) -> Cells:
-    """probs: (3, H, W) softmax of background / BC / TC on a square grid covering the 1024 px cell patch."""
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def tumour_score(p_bc: np.ndarray, p_tc: np.ndarray, cancer: np.ndarray | None, params: PostProcess) -> np.ndarray:
+    """Positive where a cell is classed tumour: the cell branch's odds of TC over BC, plus the tissue's."""
+    p_bc, p_tc = (np.maximum(np.asarray(p, dtype=np.float64), 1e-12) for p in (p_bc, p_tc))
+    score = np.log(p_tc) - np.log(p_bc) + params.tumour_bias
+    if params.uses_tissue:
+        if cancer is None:
+            raise ValueError("this post-processing weighs in the tissue prediction, but none was given")
+        score = score + params.tissue_weight * logit(cancer)
+    return score
+
+
+def find_peaks(probs: np.ndarray, params: PostProcess) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """probs: (3, H, W) softmax of background / BC / TC on a square grid covering the 1024 px cell patch -> grid
+    rows, columns and smoothed foreground probability of the cells, in output order (by probability, then
+    position: stable output)."""
     foreground = 1.0 - probs[0]
     if params.sigma > 0:
         foreground = ndimage.gaussian_filter(foreground, params.sigma, mode="nearest")
@@ -50,11 +77,23 @@ def find_cells(probs: np.ndarray, params: PostProcess) -> Cells:
     flat = labels.ravel()
     _, first = np.unique(flat, return_index=True)
     rows, cols = np.unravel_index(first[1:] if count else first[:0], labels.shape)
+    score = np.clip(foreground[rows, cols], 0.0, 1.0).astype(float)
+    order = np.lexsort((cols, rows, -score))
+    return rows[order], cols[order], score[order]
 
-    score = np.clip(foreground[rows, cols], 0.0, 1.0)
-    cls = np.where(probs[2, rows, cols] > probs[1, rows, cols], 2, 1)
+
+def classify_peaks(probs: np.ndarray, rows: np.ndarray, cols: np.ndarray, score: np.ndarray, params: PostProcess,
+                   cancer_at_peaks: np.ndarray | None = None) -> Cells:
+    """Peaks (from `find_peaks`) -> cells: the class decision, and grid positions -> cell-patch pixels."""
+    cls = np.where(tumour_score(probs[1, rows, cols], probs[2, rows, cols], cancer_at_peaks, params) > 0, 2, 1)
     scale = PATCH_SIZE / probs.shape[-1]
     x = np.clip(np.rint((cols + 0.5) * scale - 0.5), 0, PATCH_SIZE - 1).astype(int)
     y = np.clip(np.rint((rows + 0.5) * scale - 0.5), 0, PATCH_SIZE - 1).astype(int)
-    order = np.lexsort((x, y, -score))  # stable output: by probability, then position
-    return Cells(x[order], y[order], cls[order], score[order].astype(float))
+    return Cells(x, y, cls, score)
+
+
+def find_cells(probs: np.ndarray, params: PostProcess, cancer: np.ndarray | None = None) -> Cells:
+    """probs: (3, H, W) as for `find_peaks`; cancer: (H, W) predicted probability of cancer area on the same grid
+    (see `Predictor.cancer_on_cell_grid`), needed when the post-processing weighs it in."""
+    rows, cols, score = find_peaks(probs, params)
+    return classify_peaks(probs, rows, cols, score, params, None if cancer is None else cancer[rows, cols])

@@ -138,8 +138,22 @@ class Predictor:
             tissue_out = tissue_probs.cpu().numpy() if tissue_probs is not None else None
         return cell_probs, tissue_out
 
+    def cancer_on_cell_grid(self, tissue_probs: np.ndarray | None, box: Box) -> np.ndarray | None:
+        """The fused tissue map's cancer-area probability resampled onto the cell grid (S, S); 0.5 (no opinion)
+        where the box reaches past the tissue patch."""
+        if tissue_probs is None:
+            return None
+        cancer_and_coverage = torch.stack([torch.from_numpy(tissue_probs[1]).float(), torch.ones(tissue_probs.shape[1:])])
+        crop = crop_to_cell(cancer_and_coverage[None], torch.tensor([box]), (self.cell_size,) * 2)[0].numpy()
+        return crop[0] + 0.5 * (1.0 - crop[1])
+
+    def points(self, cell_probs: np.ndarray, tissue_probs: np.ndarray | None, box: Box) -> Cells:
+        """Probability maps (from `probabilities`) -> the pair's cells with the ensemble's post-processing."""
+        cancer = self.cancer_on_cell_grid(tissue_probs, box) if self.postprocess.uses_tissue else None
+        return find_cells(cell_probs, self.postprocess, cancer)
+
     def cells(self, cell: np.ndarray, tissue: np.ndarray, box: Box) -> Cells:
         """(1024, 1024, 3) uint8 patches -> the pair's cells with the ensemble's post-processing."""
-        cell_probs, _ = self.probabilities(cell, tissue, box)
+        cell_probs, tissue_probs = self.probabilities(cell, tissue, box)
         with self._stage("points"):
-            return find_cells(cell_probs, self.postprocess)
+            return self.points(cell_probs, tissue_probs, box)

@@ -135,6 +135,9 @@ def load_ensemble(directory: Path, device: torch.device | str = "cpu", members: 
     sizes = {(m.config.cell_size, m.config.tissue_size) for m in members}
     if len(sizes) > 1:
         raise WeightsError(f"{manifest_path}: members disagree on patch sizes {sorted(sizes)}")
+    if postprocess.uses_tissue and all(m.tissue is None for m in members):
+        raise WeightsError(f"{manifest_path}: 'postprocess' weighs in the tissue prediction, but none of the members "
+                           f"{', '.join(names)} has a tissue branch")
     return Ensemble(members, names, tta, fusion, postprocess, manifest)
 
 

@@ -1,6 +1,8 @@
 
 import numpy as np
 
+import pytest
+
 from ocelot_algo.points import PostProcess, find_cells
 
 
@@ -47,3 +49,19 @@ def test_empty_maps_give_no_points():
     probs[0] = 1
     cells = find_cells(probs, PostProcess())
     assert len(cells) == 0 and cells.as_array().shape == (0, 4)
+
+
+def test_late_fusion_moves_the_class_towards_the_tissue_under_the_cell():
+    probs = maps_with_cells([(100, 100, 1), (900, 900, 2)])
+    probs[1:] = probs[1:].sum(0) * np.array([0.55, 0.45])[:, None, None]  # both cells lean to background
+    cancer = np.full(probs.shape[1:], 0.1, np.float32)
+    cancer[256:, 256:] = 0.9  # the second cell lies on predicted cancer area
+    plain = PostProcess(sigma=0, min_distance=3, threshold=0.3)
+    assert find_cells(probs, plain).cls.tolist() == [1, 1]
+    assert find_cells(probs, plain, cancer).cls.tolist() == [1, 1]  # a tissue map alone changes nothing
+    fused = find_cells(probs, PostProcess(sigma=0, min_distance=3, threshold=0.3, tissue_weight=0.5), cancer)
+    assert sorted(zip(fused.x.tolist(), fused.cls.tolist())) == [(100, 1), (900, 2)]
+    biased = find_cells(probs, PostProcess(sigma=0, min_distance=3, threshold=0.3, tumour_bias=0.5))
+    assert biased.cls.tolist() == [2, 2]  # log(0.55 / 0.45) = 0.2 < 0.5
+    with pytest.raises(ValueError, match="none was given"):
+        find_cells(probs, PostProcess(tissue_weight=0.5))

@@ -110,3 +110,27 @@ def test_unknown_settings_are_refused(members):
         Predictor(members, tta="everything")
     with pytest.raises(ValueError, match="tissue_fusion"):
         Predictor(members, tissue_fusion="max")
+
+
+def test_the_late_fusion_reads_the_cancer_area_under_the_cells_and_has_no_opinion_past_the_tissue_patch(members):
+    predictor = Predictor(members, tta="none")
+    cancer_everywhere = np.stack([np.zeros((64, 64)), np.ones((64, 64))]).astype(np.float32)
+    inside = predictor.cancer_on_cell_grid(cancer_everywhere, cell_box_in_tissue(meta(0.5, 0.5)))
+    assert inside.shape == (128, 128) and np.allclose(inside, 1)
+    # the box starts at x = 0.05 - 0.125: its left 30 % (38 of 128 columns) lies past the tissue patch
+    edge = predictor.cancer_on_cell_grid(cancer_everywhere, cell_box_in_tissue(meta(0.05, 0.5)))
+    assert np.allclose(edge[:, :30], 0.5) and np.allclose(edge[:, 45:], 1) and np.all(np.diff(edge, axis=1) >= -1e-6)
+    assert predictor.cancer_on_cell_grid(None, cell_box_in_tissue(meta(0.5, 0.5))) is None
+
+
+def test_a_tissue_weighted_class_decision_changes_the_classes_not_the_points(members):
+    cell, tissue, box = smooth_image(3), smooth_image(4), cell_box_in_tissue(meta(0.4, 0.6))
+    plain = PostProcess(sigma=1, min_distance=3, threshold=0.2)
+    found = Predictor(members, tta="none", postprocess=plain).cells(cell, tissue, box)
+    fused = Predictor(members, tta="none", postprocess=PostProcess(1, 3, 0.2, tissue_weight=1e4)).cells(cell, tissue, box)
+    assert np.array_equal(found.x, fused.x) and np.array_equal(found.y, fused.y)
+    _, tissue_probs = Predictor(members, tta="none").probabilities(cell, tissue, box)
+    cancer = Predictor(members, tta="none").cancer_on_cell_grid(tissue_probs, box)[fused.y // 8, fused.x // 8]
+    leaning = np.abs(cancer - 0.5) > 0.01  # so heavy a weight: the tissue decides wherever it leans
+    assert leaning.sum() > 0 and np.array_equal(fused.cls[leaning], np.where(cancer > 0.5, 2, 1)[leaning])
+    assert not np.array_equal(found.cls, fused.cls)

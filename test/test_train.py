@@ -12,7 +12,9 @@ import torch
 
 from conftest import ROOT, SHARED_DATA
 from ocelot_algo import train as training
-from ocelot_algo.ensemble import main as ensemble_main, member_names, out_of_fold_maps, write_weights
+from ocelot_algo.ensemble import (OutOfFold, main as ensemble_main, member_names, out_of_fold_maps, tune_tissue_fusion,
+                                  write_weights)
+from ocelot_algo.evaluation import TruthImage
 from ocelot_algo.data import AugmentConfig, Batcher, cell_targets, load_samples
 from ocelot_algo.geometry import Box
 from ocelot_algo.model import ModelConfig
@@ -69,9 +71,11 @@ def test_training_stops_at_its_time_budget_resumes_and_exports_a_tuned_member(re
     member = load_member(run, "model")
     info = json.loads((run / "model.json").read_text())["info"]
     assert info["steps"] == 2 + 3 and info["val_tta"] == "flips" and "val_mF1_tuned" in info
-    assert set(info["postprocess"]) == {"sigma", "min_distance", "threshold"} and member.config.injection == "input"
-    with np.load(run / "val_maps.npz") as maps:
+    assert set(info["postprocess"]) == {"sigma", "min_distance", "threshold", "tissue_weight", "tumour_bias"}
+    assert member.config.injection == "input"
+    with np.load(run / "val_maps.npz") as maps:  # the cancer area on the cell grid: for the late fusion's tuning
         assert maps["maps"].shape[1:] == (3, 256, 256) and len(maps["ids"]) == 2
+        assert maps["cancer"].shape[1:] == (256, 256) and 0 <= maps["cancer"].min() <= maps["cancer"].max() <= 1
 
     # one run per folder: resumed only with the arguments that shaped it, never overwritten by a new one
     same_folder = ["--data", str(release), "--fold", "0", "--out", str(run)]
@@ -105,6 +109,8 @@ def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
     licence = (weights / "LICENCE.md").read_text()
     assert "CC BY-NC 4.0" in licence and "fold0, fold0-none, fold1" in licence and "Ryu et al." in licence
     assert (report / "report.md").is_file()
+    tuning = json.loads((report / "report.json").read_text())["settings"]["tissue_fusion_tuning"]
+    assert ensemble.postprocess.uses_tissue == tuning["adopted"] and 0 <= tuning["annotated_tissue_mF1"] <= 1
 
     # an ablation on fewer folds: only a report, side by side, no weights written, so runs of one fold in
     # folders of the same name (another seed's runs/seed1/fold0) are fine
@@ -179,26 +185,59 @@ def test_disk_and_gaussian_targets():
     assert 0 < gauss[2, 32, 30] < 1 and torch.allclose(gauss.sum(0), torch.ones(64, 64))
 
 
-def fake_run(folder, ids, value, tta="flips"):
-    """A run folder as `train` leaves it, with constant maps and a placeholder for the weights."""
+def fake_run(folder, ids, value, tta="flips", cancer=None):
+    """A run folder as `train` leaves it, with constant maps (and cancer-area maps when given, as a run with a
+    tissue branch has) and a placeholder for the weights."""
     folder.mkdir(parents=True)
-    np.savez(folder / "val_maps.npz", ids=np.array(ids), maps=np.full((len(ids), 3, 4, 4), value, np.float16))
+    extra = {} if cancer is None else {"cancer": np.full((len(ids), 4, 4), cancer, np.float16)}
+    np.savez(folder / "val_maps.npz", ids=np.array(ids), maps=np.full((len(ids), 3, 4, 4), value, np.float16), **extra)
     (folder / "model.json").write_text(json.dumps({"model": ModelConfig().to_dict(), "info": {"val_tta": tta}}))
     (folder / "model.safetensors").write_bytes(b"weights of " + folder.name.encode())
     return folder
 
 
 def test_runs_of_one_fold_are_averaged_out_of_fold_and_partial_overlaps_refused(tmp_path):
-    a, b = fake_run(tmp_path / "f0-a", ["001", "002"], 0.2), fake_run(tmp_path / "f0-b", ["002", "001"], 0.6)
+    a, b = fake_run(tmp_path / "f0-a", ["001", "002"], 0.2, cancer=0.9), fake_run(tmp_path / "f0-b", ["002", "001"], 0.6)
     c = fake_run(tmp_path / "f1", ["003"], 0.5)
-    maps = out_of_fold_maps([a, b, c])
-    assert list(maps) == ["001", "002", "003"]
-    assert np.allclose(maps["001"], 0.4, atol=1e-3) and np.allclose(maps["003"], 0.5, atol=1e-3)
+    oof = out_of_fold_maps([a, b, c])
+    assert list(oof.maps) == ["001", "002", "003"] and oof.fold == {"001": 0, "002": 0, "003": 1}
+    assert np.allclose(oof.maps["001"], 0.4, atol=1e-3) and np.allclose(oof.maps["003"], 0.5, atol=1e-3)
+    assert oof.cancer is None  # fold 1 has no run with a tissue branch: no late fusion to tune
+    d = fake_run(tmp_path / "f1-tissue", ["003"], 0.5, cancer=0.3)
+    cancer = out_of_fold_maps([a, b, c, d]).cancer  # per pair, from the runs that have it
+    assert np.allclose(cancer["001"], 0.9, atol=1e-3) and np.allclose(cancer["003"], 0.3, atol=1e-3)
     with pytest.raises(training.RunError, match="pair 002 is also validated"):
         out_of_fold_maps([a, fake_run(tmp_path / "f0-c", ["002", "004"], 0.1)])
     assert member_names([a, c]) == ["f0-a", "f1"]
     with pytest.raises(training.RunError, match="share the folder name 'f1'"):
         member_names([c, fake_run(tmp_path / "other" / "f1", ["005"], 0.1)])
+
+
+def late_fusion_case(informative: bool) -> tuple[OutOfFold, list[TruthImage]]:
+    """12 pairs in 4 folds; each has tumour cells on its left half, background cells on its right. The cell maps
+    lean to background everywhere (p_BC = 1.2 p_TC); the cancer-area map is right (left half) or says nothing."""
+    maps, cancer, fold, truth = {}, {}, {}, []
+    cancer_map = np.where(np.arange(64) < 32, 0.95, 0.05)[None, :].repeat(64, 0) if informative else np.full((64, 64), 0.5)
+    for n in range(12):
+        pair_id = f"{n:03d}"
+        cells = np.array([(x, y, 2 if x < 512 else 1) for x in (100, 300, 700, 900) for y in (200, 600)])
+        probs = np.zeros((3, 64, 64), np.float32)
+        for x, y, _ in cells:
+            probs[1:, y // 16, x // 16] = 0.9 * np.array([1.2, 1.0]) / 2.2
+        probs[0] = 1 - probs[1] - probs[2]
+        maps[pair_id], cancer[pair_id], fold[pair_id] = probs, cancer_map, n % 4
+        truth.append(TruthImage(pair_id, cells.astype(float)))
+    return OutOfFold(maps, fold, cancer), truth
+
+
+def test_late_fusion_is_adopted_only_when_it_wins_on_folds_it_was_not_tuned_on():
+    plain = PostProcess(sigma=0, min_distance=2, threshold=0.3)
+    params, result = tune_tissue_fusion(*late_fusion_case(informative=True), plain)
+    assert result["adopted"] and params.uses_tissue and (params.sigma, params.threshold) == (0, 0.3)
+    assert result["plain_mF1"] == pytest.approx(1 / 3) and result["chosen_on_other_folds_mF1"] == pytest.approx(1.0)
+    assert "annotated_tissue_mF1" not in result  # this truth has no tissue masks
+    params, result = tune_tissue_fusion(*late_fusion_case(informative=False), plain)
+    assert not result["adopted"] and params == plain
 
 
 def test_ensemble_checks_every_run_before_scoring(tmp_path, capsys):

@@ -61,6 +61,15 @@ def test_manifest_problems_name_the_file(weights):
         assert "manifest.json" in str(info.value)
 
 
+def test_a_tissue_weighted_class_decision_needs_a_member_with_a_tissue_branch(tmp_path):
+    weights = make_weights(tmp_path, injections=("none",))
+    path = weights / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "postprocess": {**manifest["postprocess"], "tissue_weight": 0.5}}))
+    with pytest.raises(WeightsError, match="manifest.json: 'postprocess' weighs in the tissue prediction, but none of"):
+        load_ensemble(weights)
+
+
 def test_missing_corrupt_or_truncated_tensors(weights):
     tensors = weights / "member0.safetensors"
     data = tensors.read_bytes()
