@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .cli import DocstringHelpFormatter
 from .geometry import TTA_MODES
 from .pipeline import add_model_arguments, exit_code, predict
 
@@ -59,8 +60,8 @@ def _gflop_per_pair(weights: str | None, members: int | None, tta: str | None) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ocelot_algo bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=4, help="synthetic pairs to time (default 4)")
+                                     formatter_class=DocstringHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=4, help="synthetic pairs to time")
     add_model_arguments(parser)
     parser.add_argument("--json", default=None, help="also write the result to this file")
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import DocstringHelpFormatter
 from .evaluation import (BG, CA, Predictions, count_matches, evaluate_dataset, format_summary, load_release, scores,
                          tissue_regions, write_report)
 from .files import write_atomic
@@ -203,17 +204,17 @@ def score_runs(runs: list[Path], data: Path, name: str) -> tuple[PostProcess, Pr
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ocelot_algo ensemble", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=DocstringHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True,
                         help="training run folders, one or more per fold; members are named after the folders")
     parser.add_argument("--data", required=True, help="release root (ground truth)")
     parser.add_argument("--out", help="weights folder to write (e.g. weights/); without it only the report is written")
     parser.add_argument("--report", required=True, help="folder for the out-of-fold evaluation report")
     parser.add_argument("--compare-runs", nargs="*", default=None, help="runs of a second configuration (ablation)")
-    parser.add_argument("--name", default="shipped", help="label of --runs in the report (default: shipped)")
-    parser.add_argument("--compare-name", default="cell-only", help="label of --compare-runs (default: cell-only)")
+    parser.add_argument("--name", default="shipped", help="label of --runs in the report")
+    parser.add_argument("--compare-name", default="cell-only", help="label of --compare-runs")
     parser.add_argument("--bootstrap", type=int, default=10_000,
-                        help="resamples of the paired bootstrap confidence intervals (default: 10000)")
+                        help="resamples of the paired bootstrap confidence intervals, 0 for none")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     return exit_code(lambda: ensemble(args), USER_ERRORS)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import HelpFormatter
 from .files import write_atomic
 from .geometry import PATCH_SIZE, Box, cell_box_in_tissue
 from .inputs import pair_id_order
@@ -701,22 +702,22 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m ocelot_algo evaluate",
+        prog="python -m ocelot_algo evaluate", formatter_class=HelpFormatter,
         description="Score cell predictions as the OCELOT 2023 challenge does (mF1), with bootstrap CIs and the "
                     "per-organ and per-tissue-region analyses of the challenge paper.")
     parser.add_argument("--pred", required=True, type=Path,
                         help="folder of <id>.csv (x,y,class,probability) or a GC cell_classification.json")
     parser.add_argument("--gt", required=True, type=Path,
                         help="release folder (metadata.json, annotations/) or a GC-format ground-truth JSON")
-    parser.add_argument("--split", default="train", help="split of the release folder (default: train)")
+    parser.add_argument("--split", default="train", help="split of the release folder")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--ids", help="comma-separated pair ids to score (default: the whole split)")
+    which.add_argument("--ids", help="comma-separated pair ids to score (without it: the whole split)")
     which.add_argument("--fold", type=int, help="score only fold K (0-based) of --folds")
-    parser.add_argument("--folds", type=Path, help="folds file (default: <gt>/folds.json)")
+    parser.add_argument("--folds", type=Path, help="folds file (without it: <gt>/folds.json)")
     parser.add_argument("--compare", type=Path, help="a second prediction set, reported side by side")
     parser.add_argument("--out", type=Path, help="write report.json, report.md and plots here")
-    parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples, 0 for none (default 10000)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples, 0 for none")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     return parser
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import HelpFormatter
 from .files import Writer, write_all_or_nothing
 from .geometry import PATCH_SIZE
 
@@ -228,7 +229,7 @@ def _json_type(value: object) -> str:
 
 def main_validate(argv: list[str] | None = None) -> int:
     """`python -m ocelot_algo validate FILE [--pairs N] [--require-points]`: 0 when valid, 1 when not."""
-    parser = argparse.ArgumentParser(prog="python -m ocelot_algo validate",
+    parser = argparse.ArgumentParser(prog="python -m ocelot_algo validate", formatter_class=HelpFormatter,
                                      description="Check an output file against GC's schema and the OCELOT "
                                                  "evaluator's rules.")
     parser.add_argument("file", type=Path, help="a cell_classification.json to check against the schema")

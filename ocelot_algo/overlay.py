@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from .cli import DocstringHelpFormatter
 from .inputs import InputError, open_inputs
 from .pipeline import add_model_arguments, exit_code
 from .predictor import Predictor, select_device
@@ -69,7 +70,7 @@ def _legend(draw: ImageDraw.ImageDraw, lines: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ocelot_algo overlay", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=DocstringHelpFormatter)
     parser.add_argument("--input", required=True, help="Grand-Challenge input folder or release folder")
     parser.add_argument("--split", default="test", help="split of a release folder")
     parser.add_argument("--pairs", default="0:4", help="pair names (e.g. 003,017) or a slice of positions (e.g. 0:4)")

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cli import DocstringHelpFormatter
 from .geometry import TTA_MODES
 from .inputs import InputError, log_environment, open_inputs
 from .output import OutputError, PointsWriter
@@ -117,16 +118,16 @@ def progress_bar(iterable, enabled: bool, **tqdm_options):
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Which weights, on which device, with which TTA: the same four options for predict, bench and overlay."""
     parser.add_argument("--weights", default=None,
-                        help="weights folder with manifest.json (default: /opt/ml/model when it holds one, else weights/)")
+                        help="weights folder with manifest.json (without it: /opt/ml/model when it holds one, else weights/)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="auto (default): CUDA when available, else the CPU")
+                        help="auto: CUDA when available, else the CPU")
     parser.add_argument("--tta", default=None, choices=sorted(TTA_MODES), help="override the manifest's test-time augmentation")
     parser.add_argument("--members", type=int, default=None, help="use only the first N ensemble members (faster)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", default="/input", help="Grand-Challenge input folder or a release folder (default /input)")
-    parser.add_argument("--output", default="/output", help="folder for cell_classification.json (default /output)")
+    parser.add_argument("--input", default="/input", help="Grand-Challenge input folder or a release folder")
+    parser.add_argument("--output", default="/output", help="folder for cell_classification.json")
     add_model_arguments(parser)
     parser.add_argument("--split", default="test", help="split to read from a release folder (images/<split>/...)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -134,7 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ocelot_algo predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=DocstringHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -25,6 +25,7 @@ import numpy as np
 import tifffile
 from scipy.spatial import cKDTree
 
+from .cli import HelpFormatter
 from .evaluation import BG, CA, UNKNOWN
 from .files import write_atomic
 from .geometry import PATCH_SIZE, cell_box_in_tissue
@@ -437,17 +438,17 @@ def _encoded(pixels: np.ndarray, image_format: str, **options) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ocelot_algo make-sample",
+        prog="python -m ocelot_algo make-sample", formatter_class=HelpFormatter,
         description="Write synthetic pairs: a Grand-Challenge input folder (default) or, with --layout release, "
                     "the OCELOT release's layout with ground truth and folds.")
     parser.add_argument("--out", required=True, help="folder to write (created; files of the same name replaced)")
-    parser.add_argument("--pairs", type=int, default=2, help="pairs to draw (default 2)")
-    parser.add_argument("--seed", type=int, default=0, help="the same seed draws the same pairs (default 0)")
+    parser.add_argument("--pairs", type=int, default=2, help="pairs to draw")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed draws the same pairs")
     parser.add_argument("--layout", choices=("gc", "release"), default="gc",
-                        help="gc (default): one image file per socket and metadata.json, as Grand-Challenge gives; "
+                        help="gc: one image file per socket and metadata.json, as Grand-Challenge gives; "
                              "release: the OCELOT release's folders")
     parser.add_argument("--compression", choices=("zlib",), default=None,
-                        help="gc layout: zlib-compressed 256 px tiles (default: uncompressed single strips, as GC stores them)")
+                        help="gc layout: zlib-compressed 256 px tiles (without it: uncompressed single strips, as GC stores them)")
     parser.add_argument("--split", default="train", help="release layout: the subset folder and metadata value")
     parser.add_argument("--folds", type=int, default=2, help="release layout: folds in folds.json")
     args = parser.parse_args(argv)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import pipeline
+from .cli import DocstringHelpFormatter
 from .data import IGNORE, AugmentConfig, Batcher, Sample, load_samples
 from .evaluation import EvaluationInputError, count_matches, read_folds, scores
 from .geometry import TTA_MODES
@@ -49,18 +50,9 @@ class RunError(Exception):
 USER_ERRORS = (*pipeline.USER_ERRORS, EvaluationInputError, RunError)  # reported as one line, exit code 2
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The module docstring as written, and each option's default where it has one (the recipe is in the defaults)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
-            return action.help
-        return f"{action.help} (default: %(default)s)"
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ocelot_algo train", description=__doc__,
-                                formatter_class=_HelpFormatter)
+                                formatter_class=DocstringHelpFormatter)  # the recipe is in the defaults
     p.add_argument("--data", required=True, help="release root: metadata.json, folds.json, images/, annotations/")
     p.add_argument("--fold", type=int, required=True, help="validation fold in folds.json; -1 trains on every pair")
     p.add_argument("--out", required=True, help="run folder (checkpoint, log, exported member)")

@@ -164,19 +164,27 @@ def test_overlay_names_the_pairs_it_has_when_asked_for_another(random_weights, t
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_every_command_documents_every_option(command, monkeypatch, capsys):
-    """`<command> --help` is the manual: an option without a line there is an option nobody finds."""
-    undocumented = []
+def test_every_command_documents_every_option_and_its_default(command, monkeypatch, capsys):
+    """`<command> --help` is the manual: an option without a line there is an option nobody finds. Defaults are
+    shown by the shared formatter, the same way in every command, never written into a help text by hand."""
+    undocumented, hand_written, with_default = [], [], []
     add_argument = argparse.ArgumentParser.add_argument
 
     def recording(parser, *names, **options):
+        action = add_argument(parser, *names, **options)
         if not options.get("help"):
             undocumented.append(names)
-        return add_argument(parser, *names, **options)
+        elif action.default is not None and action.default is not False and action.default is not argparse.SUPPRESS:
+            with_default.append(names)
+            if "default" in options["help"]:
+                hand_written.append(names)
+        return action
 
     monkeypatch.setattr(argparse.ArgumentParser, "add_argument", recording)
-    assert help_exit_code(command) == 0 and "usage:" in capsys.readouterr().out
-    assert undocumented == []
+    assert help_exit_code(command) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "usage:" in text and undocumented == [] and hand_written == []
+    assert text.count("(default: ") == len(with_default)
 
 
 def help_exit_code(command: str) -> int:
