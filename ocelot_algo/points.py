@@ -94,6 +94,6 @@ def classify_peaks(probs: np.ndarray, rows: np.ndarray, cols: np.ndarray, score:
 
 def find_cells(probs: np.ndarray, params: PostProcess, cancer: np.ndarray | None = None) -> Cells:
     """probs: (3, H, W) as for `find_peaks`; cancer: (H, W) predicted probability of cancer area on the same grid
-    (see `Predictor.cancer_on_cell_grid`), needed when the post-processing weighs it in."""
+    (see `predictor.cancer_on_cell_grid`), needed when the post-processing weighs it in."""
     rows, cols, score = find_peaks(probs, params)
     return classify_peaks(probs, rows, cols, score, params, None if cancer is None else cancer[rows, cols])

@@ -40,6 +40,14 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cancer_on_cell_grid(tissue_probs: np.ndarray, box: Box, size: int) -> np.ndarray:
+    """The tissue map's (2, T, T) cancer-area probability resampled onto the cell grid (size, size), for the late
+    fusion of the class decision; 0.5 (no opinion) where the box reaches past the tissue patch."""
+    cancer_and_coverage = torch.stack([torch.from_numpy(tissue_probs[1]).float(), torch.ones(tissue_probs.shape[1:])])
+    crop = crop_to_cell(cancer_and_coverage[None], torch.tensor([box]), (size, size))[0].numpy()
+    return crop[0] + 0.5 * (1.0 - crop[1])
+
+
 class Predictor:
     """Holds the members on the device. For one pair in a script: `cells(cell, tissue, box)`. The pipeline
     splits that up: `grids` on its reader thread, `probabilities_on_grids` on the device, points on another."""
@@ -138,18 +146,10 @@ class Predictor:
             tissue_out = tissue_probs.cpu().numpy() if tissue_probs is not None else None
         return cell_probs, tissue_out
 
-    def cancer_on_cell_grid(self, tissue_probs: np.ndarray | None, box: Box) -> np.ndarray | None:
-        """The fused tissue map's cancer-area probability resampled onto the cell grid (S, S); 0.5 (no opinion)
-        where the box reaches past the tissue patch."""
-        if tissue_probs is None:
-            return None
-        cancer_and_coverage = torch.stack([torch.from_numpy(tissue_probs[1]).float(), torch.ones(tissue_probs.shape[1:])])
-        crop = crop_to_cell(cancer_and_coverage[None], torch.tensor([box]), (self.cell_size,) * 2)[0].numpy()
-        return crop[0] + 0.5 * (1.0 - crop[1])
-
     def points(self, cell_probs: np.ndarray, tissue_probs: np.ndarray | None, box: Box) -> Cells:
         """Probability maps (from `probabilities`) -> the pair's cells with the ensemble's post-processing."""
-        cancer = self.cancer_on_cell_grid(tissue_probs, box) if self.postprocess.uses_tissue else None
+        uses_tissue = self.postprocess.uses_tissue and tissue_probs is not None
+        cancer = cancer_on_cell_grid(tissue_probs, box, self.cell_size) if uses_tissue else None
         return find_cells(cell_probs, self.postprocess, cancer)
 
     def cells(self, cell: np.ndarray, tissue: np.ndarray, box: Box) -> Cells:

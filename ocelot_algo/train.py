@@ -30,7 +30,7 @@ from .geometry import TTA_MODES
 from .inputs import InputError
 from .model import INJECTIONS, ModelConfig, create_model
 from .points import PostProcess, find_cells
-from .predictor import Predictor, select_device
+from .predictor import Predictor, cancer_on_cell_grid, select_device
 from .files import replace_atomically
 from .weights import load_imagenet_encoder, save_member, shipped_state, write_json
 
@@ -136,14 +136,12 @@ def tissue_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- validation
 
 
-def validation_maps(model, samples: list[Sample], device, tta: str = "none") -> tuple[list, list, list]:
-    """Cell and tissue probability maps of every validation pair, through the inference predictor itself, and the
-    cancer-area probability on the cell grid that post-processing may weigh in (None without a tissue branch)."""
+def validation_maps(model, samples: list[Sample], device, tta: str = "none") -> tuple[list, list]:
+    """Cell and tissue probability maps of every validation pair, through the inference predictor itself."""
     predictor = Predictor([model], tta=tta, device=device)
     maps = [predictor.probabilities_on_grids(s.cell, s.tissue, s.box) for s in samples]
     model.train()
-    cancer = [predictor.cancer_on_cell_grid(tissue, s.box) for (_, tissue), s in zip(maps, samples)]
-    return [cell for cell, _ in maps], [tissue for _, tissue in maps], cancer
+    return [cell for cell, _ in maps], [tissue for _, tissue in maps]
 
 
 def cancer_area_dice(tissue_maps: list, samples: list[Sample]) -> float | None:
@@ -358,10 +356,10 @@ def _end_of_epoch(model, optimizer, val_samples, device, state, out: Path, loss_
     record = {"step": state["step"], "minutes": round(state["seconds"] / 60, 1),
               "loss_cell": round(loss_cell, 4), "loss_tissue": round(loss_tissue, 4)}
     if val_samples and tissue_only:
-        _, tissue_maps, _ = validation_maps(model, val_samples, device)
+        _, tissue_maps = validation_maps(model, val_samples, device)
         record["cancer_area_dice"] = round(cancer_area_dice(tissue_maps, val_samples), 4)
     elif val_samples:
-        cell_maps, tissue_maps, _ = validation_maps(model, val_samples, device)
+        cell_maps, tissue_maps = validation_maps(model, val_samples, device)
         result = score_maps(cell_maps, val_samples, PostProcess())
         record.update(mF1=round(result["mF1"], 4), BC=round(result["BC"]["f1"], 4), TC=round(result["TC"]["f1"], 4))
         dice = cancer_area_dice(tissue_maps, val_samples)
@@ -389,11 +387,13 @@ def _export(out: Path, val_samples, device, state, args) -> None:
             "teacher_tissue": args.teacher_tissue, "train_minutes": round(state["seconds"] / 60, 1),
             "device": str(device), "target": args.target, "seed": args.seed}
     if val_samples:
-        maps, _, cancer = validation_maps(model, val_samples, device, tta=args.tta)
+        maps, tissue_maps = validation_maps(model, val_samples, device, tta=args.tta)
         params, mf1 = tune_postprocess(maps, [s.points for s in val_samples])
         info.update(val_mF1_default=round(state["best_mF1"], 4), val_mF1_tuned=round(mf1, 4), val_tta=args.tta,
                     postprocess=params.to_dict())  # for reference: the ensemble ships its own, tuned out-of-fold
-        with_cancer = {} if cancer[0] is None else {"cancer": np.stack(cancer).astype(np.float16)}
+        # the cancer area on the cell grid, for tuning the late fusion of the class decision (see `ensemble`)
+        with_cancer = {} if tissue_maps[0] is None else {"cancer": np.stack(
+            [cancer_on_cell_grid(t, s.box, args.cell_size) for t, s in zip(tissue_maps, val_samples)]).astype(np.float16)}
         np.savez_compressed(out / "val_maps.npz", ids=np.array([s.pair_id for s in val_samples]),
                             maps=np.stack(maps).astype(np.float16), **with_cancer)
         log.info("tuned post-processing %s: validation mF1 %.4f (tta %s)", params, mf1, args.tta)

@@ -7,7 +7,7 @@ from conftest import make_weights
 from ocelot_algo.geometry import (ALL_DIHEDRAL, TTA_MODES, Dihedral, apply_dihedral, cell_box_in_tissue, dihedral_box,
                                   dihedral_points, invert_dihedral)
 from ocelot_algo.points import PostProcess
-from ocelot_algo.predictor import Predictor
+from ocelot_algo.predictor import Predictor, cancer_on_cell_grid
 from ocelot_algo.weights import load_ensemble
 
 SMALL = {"cell_size": 128, "tissue_size": 64}
@@ -112,15 +112,13 @@ def test_unknown_settings_are_refused(members):
         Predictor(members, tissue_fusion="max")
 
 
-def test_the_late_fusion_reads_the_cancer_area_under_the_cells_and_has_no_opinion_past_the_tissue_patch(members):
-    predictor = Predictor(members, tta="none")
+def test_the_late_fusion_reads_the_cancer_area_under_the_cells_and_has_no_opinion_past_the_tissue_patch():
     cancer_everywhere = np.stack([np.zeros((64, 64)), np.ones((64, 64))]).astype(np.float32)
-    inside = predictor.cancer_on_cell_grid(cancer_everywhere, cell_box_in_tissue(meta(0.5, 0.5)))
+    inside = cancer_on_cell_grid(cancer_everywhere, cell_box_in_tissue(meta(0.5, 0.5)), 128)
     assert inside.shape == (128, 128) and np.allclose(inside, 1)
     # the box starts at x = 0.05 - 0.125: its left 30 % (38 of 128 columns) lies past the tissue patch
-    edge = predictor.cancer_on_cell_grid(cancer_everywhere, cell_box_in_tissue(meta(0.05, 0.5)))
+    edge = cancer_on_cell_grid(cancer_everywhere, cell_box_in_tissue(meta(0.05, 0.5)), 128)
     assert np.allclose(edge[:, :30], 0.5) and np.allclose(edge[:, 45:], 1) and np.all(np.diff(edge, axis=1) >= -1e-6)
-    assert predictor.cancer_on_cell_grid(None, cell_box_in_tissue(meta(0.5, 0.5))) is None
 
 
 def test_a_tissue_weighted_class_decision_changes_the_classes_not_the_points(members):
@@ -130,7 +128,7 @@ def test_a_tissue_weighted_class_decision_changes_the_classes_not_the_points(mem
     fused = Predictor(members, tta="none", postprocess=PostProcess(1, 3, 0.2, tissue_weight=1e4)).cells(cell, tissue, box)
     assert np.array_equal(found.x, fused.x) and np.array_equal(found.y, fused.y)
     _, tissue_probs = Predictor(members, tta="none").probabilities(cell, tissue, box)
-    cancer = Predictor(members, tta="none").cancer_on_cell_grid(tissue_probs, box)[fused.y // 8, fused.x // 8]
+    cancer = cancer_on_cell_grid(tissue_probs, box, 128)[fused.y // 8, fused.x // 8]
     leaning = np.abs(cancer - 0.5) > 0.01  # so heavy a weight: the tissue decides wherever it leans
     assert leaning.sum() > 0 and np.array_equal(fused.cls[leaning], np.where(cancer > 0.5, 2, 1)[leaning])
     assert not np.array_equal(found.cls, fused.cls)
