@@ -24,7 +24,7 @@ from .evaluation import (BG, CA, Predictions, count_matches, evaluate_dataset, f
                          tissue_regions, write_report)
 from .files import write_atomic
 from .model import ModelConfig
-from .points import PostProcess, classify_peaks, find_cells, find_peaks
+from .points import PostProcess, classify_peaks, find_cells, find_peaks, peak_pixels
 from .pipeline import exit_code
 from .train import USER_ERRORS, RunError, tune_postprocess
 from .weights import MANIFEST, write_manifest
@@ -184,8 +184,8 @@ def tune_tissue_fusion(oof: OutOfFold, truth: list, params: PostProcess) -> tupl
 def annotated_cancer(probs: np.ndarray, peaks: tuple, truth) -> np.ndarray:
     """The annotated tissue under each peak as a cancer-area 'probability': 1 on cancer area, 0 on background,
     0.5 (no opinion) on unknown tissue or off the tissue patch."""
-    cells = classify_peaks(probs, *peaks, PostProcess())
-    regions = tissue_regions(np.stack([cells.x, cells.y], 1), truth.box, truth.tissue_mask())
+    rows, cols, _ = peaks
+    regions = tissue_regions(np.stack(peak_pixels(rows, cols, probs.shape[-1]), 1), truth.box, truth.tissue_mask())
     return np.select([regions == CA, regions == BG], [1.0, 0.0], 0.5)
 
 

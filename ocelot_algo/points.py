@@ -86,10 +86,16 @@ def classify_peaks(probs: np.ndarray, rows: np.ndarray, cols: np.ndarray, score:
                    cancer_at_peaks: np.ndarray | None = None) -> Cells:
     """Peaks (from `find_peaks`) -> cells: the class decision, and grid positions -> cell-patch pixels."""
     cls = np.where(tumour_score(probs[1, rows, cols], probs[2, rows, cols], cancer_at_peaks, params) > 0, 2, 1)
-    scale = PATCH_SIZE / probs.shape[-1]
+    x, y = peak_pixels(rows, cols, probs.shape[-1])
+    return Cells(x, y, cls, score)
+
+
+def peak_pixels(rows: np.ndarray, cols: np.ndarray, grid_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grid rows and columns -> cell-patch pixels x, y (the grid's pixel centres, rounded)."""
+    scale = PATCH_SIZE / grid_size
     x = np.clip(np.rint((cols + 0.5) * scale - 0.5), 0, PATCH_SIZE - 1).astype(int)
     y = np.clip(np.rint((rows + 0.5) * scale - 0.5), 0, PATCH_SIZE - 1).astype(int)
-    return Cells(x, y, cls, score)
+    return x, y
 
 
 def find_cells(probs: np.ndarray, params: PostProcess, cancer: np.ndarray | None = None) -> Cells:
