@@ -11,4 +11,4 @@ import sys
 from ocelot_algo.pipeline import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], prog="process.py"))

@@ -16,10 +16,14 @@ COMMANDS = {  # command -> (module, function, what it does)
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in COMMANDS:
-        print("usage: python -m ocelot_algo <command> [options]   (<command> --help for its options)\n")
+        asked_for_help = bool(argv) and argv[0] in ("-h", "--help")
+        out = sys.stdout if asked_for_help else sys.stderr
+        if argv and not asked_for_help:
+            print(f"error: unknown command {argv[0]!r}", file=out)
+        print("usage: python -m ocelot_algo <command> [options]   (<command> --help for its options)\n", file=out)
         for name, (_, _, what) in COMMANDS.items():
-            print(f"  {name:<12} {what}")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+            print(f"  {name:<12} {what}", file=out)
+        return 0 if asked_for_help else 2
     module, function, _ = COMMANDS[argv[0]]
     return getattr(importlib.import_module(f"ocelot_algo.{module}"), function)(argv[1:])
 

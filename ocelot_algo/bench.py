@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(parser)
     parser.add_argument("--json", default=None, help="also write the result to this file")
     args = parser.parse_args(argv)
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
     logging.basicConfig(level=logging.WARNING)
     return exit_code(lambda: _bench(args))
 
@@ -83,7 +85,7 @@ def _bench(args: argparse.Namespace) -> None:
     result = {
         "device": report.device,
         "pairs": report.pairs,
-        "tta": args.tta or "manifest default",
+        "tta": report.tta,
         "members": args.members or "all",
         "import_s": round(import_s, 2),
         "startup_s": round(report.startup_s, 2),

@@ -44,8 +44,8 @@ def load_samples(root: Path, ids: list[str], cell_size: int, tissue_size: int, s
                 continue
             pair, gt = inputs.read(i), truth[name]
             mask = gt.tissue_mask()
-            step = mask.shape[0] // tissue_size  # nearest-neighbour: the label at each grid cell's centre
-            mask = mask[step // 2::step, step // 2::step]
+            rows, cols = (((np.arange(tissue_size) + 0.5) * n / tissue_size).astype(int) for n in mask.shape)
+            mask = mask[np.ix_(rows, cols)]  # nearest-neighbour: the label at each grid cell's centre
             samples.append(Sample(
                 pair_id=name, organ=gt.organ or "unknown",
                 cell=to_grid(pair.cell, cell_size)[0].to(torch.float16).contiguous(),

@@ -88,27 +88,40 @@ def member_names(runs: list[Path]) -> list[str]:
     return names
 
 
-def _val_tta(run: Path) -> str:
-    """The TTA of the run's validation maps, from its model.json (see `train._export`)."""
+def _run_config(run: Path) -> tuple[ModelConfig, str]:
+    """The run's model config and the TTA of its validation maps, from its model.json (see `train._export`)."""
     path = run / "model.json"
     try:
         member = json.loads(path.read_text())
-        ModelConfig.from_dict(member["model"])  # copied as the member's config: it must load
-        return member["info"]["val_tta"]
+        return ModelConfig.from_dict(member["model"]), member["info"]["val_tta"]  # copied as the member's config
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise RunError(f"{path}: not a member config with info.val_tta ({error!r})") from None
 
 
-def check_runs(runs: list[Path], members: list[Path]) -> str:
+def _check_same_grids(runs: list[Path]) -> None:
+    """Runs averaged together (one fold's, or members of one weights folder) must predict on the same grids."""
+    sizes = {}
+    for run in runs:
+        config, _ = _run_config(run)
+        sizes.setdefault((config.cell_size, config.tissue_size), []).append(str(run))
+    if len(sizes) > 1:
+        raise RunError("the runs were trained at different --cell-size / --tissue-size: "
+                       + "; ".join(f"{cell}/{tissue} ({', '.join(names)})" for (cell, tissue), names in sorted(sizes.items())))
+
+
+def check_runs(runs: list[Path], members: list[Path], compare_runs: list[Path] = ()) -> str:
     """Every run file there (found now, not after the long scoring; `members` are copied into the weights too),
-    and the one TTA all validation maps were made with: post-processing tuned on them fits that TTA only."""
-    needed = [run / name for run in runs for name in ("val_maps.npz", "model.json")]
+    the same grids within each configuration, and the one TTA all validation maps were made with: post-processing
+    tuned on them fits that TTA only."""
+    needed = [run / name for run in [*runs, *compare_runs] for name in ("val_maps.npz", "model.json")]
     missing = [path for path in needed + [run / "model.safetensors" for run in members] if not path.is_file()]
     if missing:
         raise RunError(f"{missing[0]}: file not found")
+    for group in (runs, compare_runs):
+        _check_same_grids(list(group))
     runs_by_tta: dict[str, list[str]] = {}
-    for run in runs:
-        runs_by_tta.setdefault(_val_tta(run), []).append(str(run))
+    for run in [*runs, *compare_runs]:
+        runs_by_tta.setdefault(_run_config(run)[1], []).append(str(run))
     if len(runs_by_tta) > 1:
         raise RunError("the runs' validation maps were made with different --tta: "
                        + "; ".join(f"{tta} ({', '.join(names)})" for tta, names in sorted(runs_by_tta.items())))
@@ -223,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
 def ensemble(args: argparse.Namespace) -> None:
     runs, compare_runs = [Path(r) for r in args.runs], [Path(r) for r in args.compare_runs or []]
     # Checked before the long scoring so a problem is found at once; only written members need distinct names.
-    tta = check_runs(runs + compare_runs, runs if args.out else [])
+    tta = check_runs(runs, runs if args.out else [], compare_runs)
     names = member_names(runs) if args.out else []
     params, preds, truth, fusion = score_runs(runs, Path(args.data), args.name)
     compare = None

@@ -387,11 +387,11 @@ def load_gt_json(path: Path) -> list[TruthImage]:
 
 @dataclass(frozen=True)
 class Predictions:
-    """Predictions aligned with a ground-truth list; ids without a prediction file are scored as empty."""
+    """Predictions aligned with a ground-truth list; ids without predictions are scored as empty."""
 
     name: str
     points: list[np.ndarray]  # (N, 4) x, y, class, probability per truth image
-    missing_ids: tuple[str, ...] = ()
+    missing_ids: tuple[str, ...] = ()  # no <id>.csv in a folder, or past the last image_<i> of a JSON
 
 
 def load_predictions(path: Path, truth: list[TruthImage], image_ids: list[str] | None = None,
@@ -420,8 +420,12 @@ def load_predictions(path: Path, truth: list[TruthImage], image_ids: list[str] |
     if per_image and max(per_image) >= len(index_to_id):
         raise EvaluationInputError(f"{path}: image_{max(per_image)} but there are only {len(index_to_id)} images")
     by_id = {index_to_id[i]: points for i, points in per_image.items()}
+    # images past the last one with points: a JSON made for fewer pairs (another split or fold) would score here as
+    # predictions for the wrong pairs, so they are reported (a pair of the middle without cells is not suspicious)
+    beyond = set(index_to_id[max(per_image, default=-1) + 1:])
     empty = np.zeros((0, 4))
-    return Predictions(name, [by_id.get(pair.id, empty) for pair in truth])
+    return Predictions(name, [by_id.get(pair.id, empty) for pair in truth],
+                       tuple(pair.id for pair in truth if pair.id in beyond))
 
 
 # ----------------------------------------------------------------------------- per-image counts, tissue regions
@@ -626,7 +630,7 @@ def format_markdown(report: dict) -> str:
     for run in runs:
         missing = run["missing_ids"]
         if missing:
-            lines += [f"**{run['name']}: {len(missing)} ids had no prediction file** (scored as no predictions): "
+            lines += [f"**{run['name']}: {len(missing)} ids had no predictions** (scored as none): "
                       f"{', '.join(missing[:20])}{' …' if len(missing) > 20 else ''}", ""]
 
     lines += ["## Overall", ""]
@@ -758,8 +762,9 @@ def main(argv: list[str] | None = None) -> int:
         compare = load_predictions(args.compare, truth, image_ids, names[1]) if args.compare else None
         for run in (preds, compare):
             if run is not None and run.missing_ids:
-                print(f"warning: {run.name}: {len(run.missing_ids)} of {len(truth)} ids have no prediction file and "
-                      f"are scored as no predictions: {', '.join(run.missing_ids[:10])}", file=sys.stderr)
+                print(f"warning: {run.name}: {len(run.missing_ids)} of {len(truth)} ids have no predictions (no "
+                      f"<id>.csv, or past the JSON's last image_<i>: was it made for these pairs?) and are scored as "
+                      f"none: {', '.join(run.missing_ids[:10])}", file=sys.stderr)
         report = evaluate_dataset(truth, preds, compare, bootstrap=args.bootstrap, seed=args.seed)
     except EvaluationInputError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -33,6 +33,9 @@ def cell_box_in_tissue(meta: dict, tolerance_px: float = BOX_TOLERANCE_PX) -> Bo
     cell, tissue = meta["cell"], meta["tissue"]
     half_w = 0.5 * cell["resized_mpp_x"] / tissue["resized_mpp_x"]
     half_h = 0.5 * cell["resized_mpp_y"] / tissue["resized_mpp_y"]
+    if not (0 < half_w <= 0.5 and 0 < half_h <= 0.5):
+        raise ValueError(f"cell mpp / tissue mpp make the cell field of view {2 * half_w:.3g} x {2 * half_h:.3g} "
+                         "times the tissue patch; it cannot be larger (are the cell and tissue mpp swapped?)")
     cx, cy = meta["patch_x_offset"], meta["patch_y_offset"]
     box = Box(cx - half_w, cy - half_h, cx + half_w, cy + half_h)
 

@@ -115,15 +115,17 @@ def open_inputs(input_dir: str | Path, split: str = "test") -> InputSet:
     """Open and validate an input folder of either layout (see module doc); `split` picks the release's subset."""
     root = Path(input_dir)
     if not root.is_dir():
-        raise InputError(f"{root}: input folder does not exist")
+        raise InputError(f"{root}: {'is a file, not a folder' if root.exists() else 'input folder does not exist'}")
     if any((root / socket).exists() for socket in GC_SOCKETS):
         inputs = _open_grand_challenge(root)
     elif (root / "images" / split / "cell").is_dir():
         inputs = _open_release(root, split)
     else:
+        splits = sorted(p.parent.name for p in (root / "images").glob("*/cell") if p.is_dir())
         raise InputError(
             f"{root}: no inputs found; expected images/cell_patches/ + images/tissue_patches/ + metadata.json "
-            f"(Grand-Challenge) or images/{split}/cell/ + images/{split}/tissue/ + metadata.json (release)")
+            f"(Grand-Challenge) or images/{split}/cell/ + images/{split}/tissue/ + metadata.json (release)"
+            + (f"; this release folder has --split {' or '.join(splits)}" if splits else ""))
     log.info("inputs: %s", inputs)
     return inputs
 
@@ -149,7 +151,10 @@ def _socket_image(folder: Path) -> Path:
     """The one image in a socket folder (GC keeps the uploaded file name, so any name goes)."""
     if not folder.is_dir():
         raise InputError(f"{folder}: socket folder missing (it should hold one .tif, .tiff or .mha image)")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError as error:
+        raise InputError(f"{folder}: cannot list the socket folder ({error.strerror})") from None
     images = [p for p in files if p.suffix.lower() in STACK_SUFFIXES]
     if not images:
         found = f"found only {', '.join(p.name for p in files[:5])}" if files else "the folder is empty"
@@ -186,7 +191,8 @@ class _TiffStack:
         try:
             self._tif = tifffile.TiffFile(path)
             self._tif.pages.useframes = False  # full TiffPage objects, each with its own tags
-            self._pages: list[tifffile.TiffPage] = list(self._tif.pages)  # parses every header now
+            # parses every header now; reduced-resolution pages (thumbnails, pyramid levels) are not pairs
+            self._pages: list[tifffile.TiffPage] = [page for page in self._tif.pages if not page.is_reduced]
         except Exception as error:  # tifffile raises TiffFileError, struct.error, ValueError, OSError, ...
             raise InputError(f"{path}: not a readable TIFF ({error})") from None
         try:
@@ -314,7 +320,7 @@ class _MhaStack:
         try:
             self._reader.ReadImageInformation()
         except RuntimeError as error:
-            raise InputError(f"{path}: not a readable MetaImage ({_first_line(error)})") from None
+            raise InputError(f"{path}: not a readable MetaImage ({_last_line(error)})") from None
         size = self._reader.GetSize()
         if len(size) not in (2, 3):
             raise InputError(f"{path}: {len(size)}-D image; expected a tall 2-D or a 3-D stack")
@@ -348,7 +354,7 @@ class _MhaStack:
         try:
             return sitk.GetArrayFromImage(self._reader.Execute())
         except RuntimeError as error:
-            raise InputError(f"{self.path}: pair {index}: cannot read pixels ({_first_line(error)})") from None
+            raise InputError(f"{self.path}: pair {index}: cannot read pixels ({_last_line(error)})") from None
 
     def close(self) -> None:
         """Nothing stays open between reads."""
@@ -371,7 +377,8 @@ def _check_mha_length(path: Path, data_bytes: int) -> None:
         raise InputError(f"{path}: truncated: {size} bytes, the header announces {line_end + 1 + data_bytes}")
 
 
-def _first_line(error: Exception) -> str:
+def _last_line(error: Exception) -> str:
+    """SimpleITK's messages end with the line that says what went wrong."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
 
@@ -444,8 +451,11 @@ class _ImageFiles:
     def read(self, index: int) -> np.ndarray:
         from PIL import Image
 
-        with Image.open(self._paths[index]) as image:
-            return np.array(image)  # a writable copy, like the TIFF readers' arrays
+        try:
+            with Image.open(self._paths[index]) as image:
+                return np.array(image)  # a writable copy, like the TIFF readers' arrays
+        except Exception as error:  # as in __init__: Pillow's errors have many types
+            raise InputError(f"{self._paths[index]}: cannot decode pixels ({error})") from None
 
     def close(self) -> None:
         """Files are opened per read."""
@@ -456,11 +466,13 @@ class _ImageFiles:
 
 def _load_json(path: Path) -> object:
     if not path.is_file():
-        raise InputError(f"{path}: missing")
+        raise InputError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'missing'}")
     try:
         return json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: not valid JSON ({error})") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read it ({error.strerror})") from None
 
 
 def _ordered_entries(path: Path, data: object) -> list[tuple[str, object]]:
@@ -543,7 +555,7 @@ def log_environment(input_dir: str | Path, device: object = None) -> None:
         try:
             sockets = json.loads(inputs_json.read_bytes())
             summary = ", ".join(f"{s['interface']['slug']} -> {s['interface']['relative_path']}" for s in sockets)
-        except (ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError) as error:
             summary = f"unreadable ({error})"
         log.info("inputs.json: %s", summary)
     import torch

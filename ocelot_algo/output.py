@@ -33,7 +33,8 @@ NAME_PATTERN = re.compile(r"image_(0|[1-9][0-9]*)")  # the evaluator's image_[0-
 
 
 class OutputError(Exception):
-    """The output folder cannot be written; found before the first pair, not after the whole run."""
+    """The output folder cannot be written; checked before the first pair, so it is not found after the whole run
+    (unless the disk fills up meanwhile)."""
 
 
 class PointsWriter:
@@ -50,6 +51,10 @@ class PointsWriter:
 
     def _check_writable(self) -> None:
         """Create the folder and a probe file in it (removed at once): the only sure test of permissions."""
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise OutputError(f"{self.output_dir}: is a file, not a folder for the output")
+        if (self.output_dir / OUTPUT_NAME).is_dir():
+            raise OutputError(f"{self.output_dir / OUTPUT_NAME}: is a folder; the output file cannot replace it")
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.output_dir):
@@ -105,7 +110,10 @@ class PointsWriter:
             for pair, name in enumerate(self.pair_names):
                 files.append((f"{name}.csv", lambda path, pair=pair: _write_text(path, self._csv(pair))))
         files.append((OUTPUT_NAME, lambda path: _write_text(path, _dumps(document))))
-        write_all_or_nothing(self.output_dir, files)
+        try:
+            write_all_or_nothing(self.output_dir, files)
+        except OSError as error:  # e.g. a full disk: checked as far as it can be up front, but it can happen
+            raise OutputError(f"{self.output_dir}: writing the output failed ({error}); nothing was written") from None
         return self.output_dir / OUTPUT_NAME
 
     def _csv(self, pair: int) -> str:

@@ -34,6 +34,7 @@ class RunReport:
     pairs: int = 0
     cells: int = 0
     device: str = ""
+    tta: str = ""  # the views used: --tta or the manifest's
     startup_s: float = 0.0  # opening inputs and loading weights
     wall_s: float = 0.0  # first pair to output written
     stages: dict = field(default_factory=dict)  # seconds summed over pairs
@@ -54,7 +55,7 @@ def predict(input_dir: str | Path, output_dir: str | Path, *, weights: str | Pat
         log.info("weights %s: %s, tta %s (%d views), %s", weights_dir, ", ".join(ensemble.names),
                  tta or ensemble.tta, len(predictor.views),
                  "trained" if ensemble.manifest.get("trained") else "UNTRAINED (placeholder weights)")
-        report = RunReport(device=str(device), startup_s=time.perf_counter() - started)
+        report = RunReport(device=str(device), tta=tta or ensemble.tta, startup_s=time.perf_counter() - started)
         _run_pairs(inputs, predictor, writer, report, progress)
     log.info("%d pairs, %d cells in %.1f s (%.2f s/pair) -> %s", report.pairs, report.cells, report.wall_s,
              report.wall_s / max(report.pairs, 1), report.output)
@@ -107,12 +108,40 @@ def _run_pairs(inputs, predictor: Predictor, writer: PointsWriter, report: RunRe
 
 
 def progress_bar(iterable, enabled: bool, **tqdm_options):
-    """A tqdm bar over `iterable` (imported only when shown), or the iterable itself."""
+    """A tqdm bar over `iterable` on a terminal (imported only then), progress log lines when stderr is a file or a
+    pipe (where the bar's carriage returns would make one endless line), or the iterable itself."""
     if not enabled:
         return iterable
+    if not sys.stderr.isatty():
+        return LoggedProgress(iterable, tqdm_options.get("desc", ""), tqdm_options.get("unit", "it"),
+                              tqdm_options.get("initial", 0), tqdm_options.get("total"))
     from tqdm import tqdm
 
     return tqdm(iterable, **tqdm_options)
+
+
+class LoggedProgress:
+    """Iterates like a tqdm bar (with `set_postfix`) but logs a line at most once a minute and at the end."""
+
+    def __init__(self, iterable, desc: str, unit: str, initial: int = 0, total: int | None = None,
+                 every_s: float = 60.0):
+        self.iterable, self.desc, self.unit, self.every_s = iterable, desc, unit, every_s
+        self.initial = initial
+        self.total = total if total is not None else initial + len(iterable)
+        self.postfix = ""
+
+    def set_postfix(self, refresh: bool = False, **values) -> None:
+        self.postfix = " ".join(f"{key}={value}" for key, value in values.items())
+
+    def __iter__(self):
+        start = last = time.perf_counter()
+        for done, item in enumerate(self.iterable, self.initial + 1):
+            yield item
+            now = time.perf_counter()
+            if now - last >= self.every_s or done == self.total:
+                last, rate = now, (now - start) / (done - self.initial)
+                log.info("%s %d/%d %s(s), %.2f s/%s, %.0f s left %s", self.desc, done, self.total, self.unit, rate,
+                         self.unit, rate * (self.total - done), self.postfix)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,12 +162,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ocelot_algo predict", description=__doc__,
-                                     formatter_class=DocstringHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "python -m ocelot_algo predict") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=DocstringHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    # the log on stdout, errors alone on stderr: Grand-Challenge shows a job's stderr as warnings
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     return exit_code(lambda: predict(args.input, args.output, weights=args.weights, device=args.device, tta=args.tta,
                                      members=args.members, split=args.split, progress=not args.quiet))
 

@@ -22,8 +22,20 @@ class PostProcess:
     tissue_weight: float = 0.0
     tumour_bias: float = 0.0
 
+    def __post_init__(self):
+        """Checked here, as they are read from a manifest: a bad value must fail at load, not after the first pair."""
+        numbers = {name: getattr(self, name) for name in ("sigma", "threshold", "tissue_weight", "tumour_bias")}
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {value!r}")
+        if isinstance(self.min_distance, bool) or not isinstance(self.min_distance, int) or self.min_distance < 1:
+            raise ValueError(f"min_distance must be an integer >= 1, not {self.min_distance!r}")
+        if self.sigma < 0 or not 0 <= self.threshold < 1:
+            raise ValueError(f"sigma must be >= 0 and threshold in [0, 1), not {self.sigma!r} and {self.threshold!r}")
+
     @property
-    def uses_tissue(self) -> bool:
+    def fuses_tissue(self) -> bool:
+        """Whether the class decision weighs in the predicted cancer area (late fusion)."""
         return self.tissue_weight != 0.0
 
     def to_dict(self) -> dict:
@@ -56,7 +68,7 @@ def tumour_score(p_bc: np.ndarray, p_tc: np.ndarray, cancer: np.ndarray | None, 
     """Positive where a cell is classed tumour: the cell branch's odds of TC over BC, plus the tissue's."""
     p_bc, p_tc = (np.maximum(np.asarray(p, dtype=np.float64), 1e-12) for p in (p_bc, p_tc))
     score = np.log(p_tc) - np.log(p_bc) + params.tumour_bias
-    if params.uses_tissue:
+    if params.fuses_tissue:
         if cancer is None:
             raise ValueError("this post-processing weighs in the tissue prediction, but none was given")
         score = score + params.tissue_weight * logit(cancer)
@@ -73,10 +85,9 @@ def find_peaks(probs: np.ndarray, params: PostProcess) -> tuple[np.ndarray, np.n
     window = 2 * params.min_distance + 1
     peaks = (foreground == ndimage.maximum_filter(foreground, size=window, mode="nearest")) & (foreground > params.threshold)
     # a flat top gives several equal maxima side by side: keep one (the first in scan order) per touching group
-    labels, count = ndimage.label(peaks, structure=np.ones((3, 3)))
-    flat = labels.ravel()
-    _, first = np.unique(flat, return_index=True)
-    rows, cols = np.unravel_index(first[1:] if count else first[:0], labels.shape)
+    labels, _ = ndimage.label(peaks, structure=np.ones((3, 3)))
+    groups, first = np.unique(labels.ravel(), return_index=True)
+    rows, cols = np.unravel_index(first[groups > 0], labels.shape)  # label 0 is no peak (absent if all are)
     score = np.clip(foreground[rows, cols], 0.0, 1.0).astype(float)
     order = np.lexsort((cols, rows, -score))
     return rows[order], cols[order], score[order]

@@ -22,7 +22,7 @@ from .weights import TISSUE_FUSIONS, Ensemble
 
 
 class DeviceError(Exception):
-    """The device asked for is not there."""
+    """The device asked for is not there, or computes no usable numbers on it."""
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -141,6 +141,9 @@ class Predictor:
                 probs = self._forward(member.cell_logits, cell_views, crop_views)
             with self._stage("tta_ensemble"):
                 total += self._mean_of_views(probs)
+        if not torch.isfinite(total).all():  # else no peak would pass the threshold: a silent "no cells"
+            raise DeviceError(f"the cell probabilities are not finite on {self.device} (on CUDA: a float16 overflow; "
+                              "--device cpu computes in float32)")
         with self._stage("to_host"):
             cell_probs = (total / len(self.members)).cpu().numpy()
             tissue_out = tissue_probs.cpu().numpy() if tissue_probs is not None else None
@@ -148,8 +151,8 @@ class Predictor:
 
     def points(self, cell_probs: np.ndarray, tissue_probs: np.ndarray | None, box: Box) -> Cells:
         """Probability maps (from `probabilities`) -> the pair's cells with the ensemble's post-processing."""
-        uses_tissue = self.postprocess.uses_tissue and tissue_probs is not None
-        cancer = cancer_on_cell_grid(tissue_probs, box, self.cell_size) if uses_tissue else None
+        fuses_tissue = self.postprocess.fuses_tissue and tissue_probs is not None
+        cancer = cancer_on_cell_grid(tissue_probs, box, self.cell_size) if fuses_tissue else None
         return find_cells(cell_probs, self.postprocess, cancer)
 
     def cells(self, cell: np.ndarray, tissue: np.ndarray, box: Box) -> Cells:

@@ -17,6 +17,7 @@ import io
 import itertools
 import json
 import math
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -452,11 +453,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="train", help="release layout: the subset folder and metadata value")
     parser.add_argument("--folds", type=int, default=2, help="release layout: folds in folds.json")
     args = parser.parse_args(argv)
-    if args.layout == "release":
-        if args.compression:
-            parser.error("--compression applies to the gc layout only")
-        out = write_release_sample(args.out, args.pairs, args.seed, args.split, args.folds)
-    else:
-        out = write_sample(args.out, args.pairs, args.seed, args.compression)
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
+    if args.layout == "release" and args.compression:
+        parser.error("--compression applies to the gc layout only")
+    try:
+        out = write_release_sample(args.out, args.pairs, args.seed, args.split, args.folds) \
+            if args.layout == "release" else write_sample(args.out, args.pairs, args.seed, args.compression)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {args.pairs} synthetic pairs ({args.layout} layout) to {out}")
     return 0

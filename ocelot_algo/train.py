@@ -38,9 +38,10 @@ log = logging.getLogger("ocelot_algo.train")
 
 CLASS_WEIGHTS = (1.0, 2.0, 2.0)  # background, BC, TC: cells cover ~10% of the pixels
 TUNING_GRID = {"sigma": (0.0, 1.0, 2.0), "min_distance": (2, 3, 4, 5), "threshold": tuple(np.arange(0.1, 0.81, 0.05))}
-# What a resumed run may change: where things are, the time budget, how often it validates and the TTA of the final
-# maps. Every other argument shapes the training (data, batches, schedule, model), so it must stay as saved.
-FREE_ON_RESUME = ("data", "out", "device", "max_minutes", "eval_every", "tta")
+# What a resumed run may change: where things are, how often it validates and the TTA of the final maps (the time
+# budget is per invocation and not saved). Every other argument shapes the training (data, batches, schedule,
+# model), so it must stay as saved.
+FREE_ON_RESUME = ("data", "out", "device", "eval_every", "tta")
 
 
 class RunError(Exception):
@@ -98,6 +99,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be at least 1 (tissue-only training is --tissue-steps before joint steps)")
+    for name in ("eval_every", "pairs", "crops_per_pair", "tissue_batch"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        ModelConfig(injection=args.injection, cell_size=args.cell_size, tissue_size=args.tissue_size)
+    except ValueError as error:
+        p.error(f"--cell-size / --tissue-size: {error}")
+    if args.crop % 32 or not 32 <= args.crop <= args.cell_size:
+        p.error(f"--crop must be a multiple of 32 (the encoder's stride) in 32..--cell-size, not {args.crop}")
     if not 0 <= args.teacher_tissue <= 1:
         p.error("--teacher-tissue is a share: 0..1")
     if args.injection == "none" and (args.teacher_tissue or args.tissue_steps):
@@ -128,9 +138,9 @@ def teacher_tissue(mask: torch.Tensor, share: torch.Tensor) -> tuple[torch.Tenso
 
 
 def tissue_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    if (mask == 255).all():
+    if (mask == IGNORE).all():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), mask, ignore_index=255)
+    return F.cross_entropy(logits.float(), mask, ignore_index=IGNORE)
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -150,7 +160,7 @@ def cancer_area_dice(tissue_maps: list, samples: list[Sample]) -> float | None:
         return None
     predicted = np.concatenate([(m[1] > 0.5).ravel() for m in tissue_maps])
     mask = np.concatenate([s.tissue_mask.numpy().ravel() for s in samples])
-    known = mask != 255
+    known = mask != IGNORE
     truth, predicted = mask[known] == 1, predicted[known]
     return float(2 * (truth & predicted).sum() / max(1, truth.sum() + predicted.sum()))
 
@@ -184,7 +194,8 @@ def _save_tensors(model, path: Path) -> None:
 
 
 def _save_checkpoint(out: Path, model, optimizer, state: dict) -> None:
-    """Each file replaced atomically, state.json last, so an interrupted save never leaves a file half-written."""
+    """Each file replaced atomically, state.json last (it holds the loss scaler's state too), so an interrupted save
+    never leaves a file half-written."""
     _save_tensors(model, out / "checkpoint.safetensors")
     replace_atomically(out / "optimizer.pt", lambda temp: torch.save(optimizer.state_dict(), temp))
     write_json(out / "state.json", state)
@@ -221,15 +232,42 @@ def _run_arguments(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k not in ("resume", "max_minutes")}
 
 
-def check_run_folder(out: Path, args: argparse.Namespace) -> None:
-    """One run per folder: a new run needs a folder without one, and a resumed run the arguments it was started
-    with (see FREE_ON_RESUME), else its result would be neither run."""
+def check_folds_keep_slides_apart(data: Path, folds: list[list[str]]) -> None:
+    """A pair in two folds, or one slide's pairs in two folds, would be trained on and validated on: its held-out
+    score would not be held-out. Slides are read from the release's metadata (left to the loader when unreadable)."""
+    path, fold_of = data / "folds.json", {}
+    for k, fold in enumerate(folds):
+        for pair_id in fold:
+            if fold_of.setdefault(pair_id, k) != k:
+                raise RunError(f"{path}: pair {pair_id} is in folds {fold_of[pair_id]} and {k}")
+    try:
+        entries = json.loads((data / "metadata.json").read_text())["sample_pairs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    slide_fold = {}
+    for pair_id, k in fold_of.items():
+        slide = entries.get(pair_id, {}).get("slide_name") if isinstance(entries, dict) else None
+        if slide is not None and slide_fold.setdefault(slide, k) != k:
+            raise RunError(f"{path}: slide {slide} has pairs in folds {slide_fold[slide]} and {k}; folds must keep "
+                           "each slide's pairs together")
+
+
+def check_run_folder(out: Path, args: argparse.Namespace, world: int) -> None:
+    """One run per folder: a new run needs a folder without one, and a resumed run the arguments and number of
+    processes it was started with (see FREE_ON_RESUME; each process draws its own batches), else its result would
+    be neither run."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out}: is a file, not a run folder")
     path = out / "state.json"
     if not path.is_file():
         return
     if not args.resume:
         raise RunError(f"{path}: {out} already holds a run: use --resume to continue it, or another --out")
-    saved, parser = json.loads(path.read_text())["args"], _parser()
+    state, parser = json.loads(path.read_text()), _parser()
+    if state.get("processes", 1) != world:
+        raise RunError(f"{path}: the run was trained by {state.get('processes', 1)} process(es), not {world}: "
+                       "resume it with as many (each draws its own batches)")
+    saved = state["args"]
     changed = []
     for key, value in _run_arguments(args).items():
         before = saved.get(key, parser.get_default(key))  # a run saved before an option existed ran its default
@@ -249,10 +287,11 @@ def train(args: argparse.Namespace) -> None:
     if not Path(args.data).is_dir():
         raise InputError(f"--data {args.data}: folder not found")
     folds = read_folds(Path(args.data) / "folds.json", None if args.fold == -1 else args.fold)
+    check_folds_keep_slides_apart(Path(args.data), folds)
     out = Path(args.out)
-    check_run_folder(out, args)
     rank, world = _setup_distributed(args.device)
-    device = select_device(args.device if world == 1 or args.device == "cpu" else "cuda")
+    check_run_folder(out, args, world)
+    device = select_device(args.device)
     if world > 1 and device.type == "cpu":
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -278,7 +317,7 @@ def train(args: argparse.Namespace) -> None:
     load_imagenet_encoder(model)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    state = {"step": 0, "best_mF1": -1.0, "best_step": None, "history": [], "seconds": 0.0,
+    state = {"step": 0, "best_mF1": -1.0, "best_step": None, "history": [], "seconds": 0.0, "processes": world,
              "args": _run_arguments(args)}
     if args.resume and (out / "state.json").exists():
         state = _load_checkpoint(out, model, optimizer)
@@ -290,6 +329,8 @@ def train(args: argparse.Namespace) -> None:
                       target=args.target, augment=AugmentConfig(), seed=args.seed, rank=rank,
                       teacher_share=args.teacher_tissue)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
+    if state.get("grad_scaler"):  # a resumed CUDA run goes on with its loss scale
+        scaler.load_state_dict(state["grad_scaler"])
 
     session_start, step = time.time(), state["step"]
     progress = pipeline.progress_bar(range(step, total), rank == 0, desc="train", unit="step", mininterval=10,
@@ -316,17 +357,22 @@ def train(args: argparse.Namespace) -> None:
             progress.set_postfix(cell=f"{loss_cell.item():.3f}", tissue=f"{loss_tissue.item():.3f}", refresh=False)
 
         done = step + 1
-        out_of_time = deadline is not None and time.time() > deadline and done < total
+        # agreed first: every rank must take the same branch below (a checkpoint barrier, then the stop)
+        out_of_time = _agree(deadline is not None and time.time() > deadline and done < total, world, device)
         joint_done = done - args.tissue_steps
-        if (joint_done >= 0 and joint_done % args.eval_every == 0) or done == total or out_of_time:
+        epoch_end = (joint_done >= 0 and joint_done % args.eval_every == 0) or done == total
+        if epoch_end or out_of_time:
             state["step"], state["seconds"] = done, state["seconds"] + time.time() - session_start
+            state["grad_scaler"] = scaler.state_dict()
             session_start = time.time()
-            if rank == 0:
+            if rank == 0 and epoch_end:
                 _end_of_epoch(model, optimizer, val_samples, device, state, out, loss_cell.item(), loss_tissue.item(),
                               tissue_only)
+            elif rank == 0:  # out of time mid-epoch: a checkpoint only, so a budget never changes what is validated
+                _save_checkpoint(out, model, optimizer, state)
             if world > 1:
                 dist.barrier()
-        if _agree(out_of_time, world):
+        if out_of_time:
             if rank == 0:
                 log.info("time budget of %g min reached at step %d: resume with --resume", args.max_minutes, done)
             _finish_distributed(world)
@@ -336,11 +382,12 @@ def train(args: argparse.Namespace) -> None:
     _finish_distributed(world)
 
 
-def _agree(flag: bool, world: int) -> bool:
-    """Every rank stops when any rank runs out of time (ranks must run the same number of steps under DDP)."""
+def _agree(flag: bool, world: int, device: torch.device) -> bool:
+    """Every rank stops when any rank runs out of time (ranks must run the same number of steps under DDP). The
+    flag travels on the training device: NCCL reduces CUDA tensors only."""
     if world == 1:
         return flag
-    tensor = torch.tensor([int(flag)])
+    tensor = torch.tensor([int(flag)], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
 

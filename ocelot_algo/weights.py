@@ -1,8 +1,10 @@
 """Weights on disk: each member is `<name>.safetensors` + `<name>.json` (its ModelConfig), listed in
-`manifest.json` with the ensemble's settings. No pickle anywhere; any problem is a WeightsError naming the
-file, never a silent fallback to random weights."""
+`manifest.json` with the ensemble's settings and each member's sha256. No pickle when loading members (only
+training's ImageNet start reads a torch file, with weights_only); any problem is a WeightsError naming the file,
+never a silent fallback to random weights, nor a run on damaged ones."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,20 +76,37 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def load_member(directory: Path, name: str, device: torch.device | str = "cpu") -> CellTissueNet:
-    """Rebuilds the member from its config and loads its tensors strictly (every key, every shape)."""
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_member(directory: Path, name: str, device: torch.device | str = "cpu", sha256: str | None = None
+                ) -> CellTissueNet:
+    """Rebuilds the member from its config and loads its tensors strictly (every key, every shape, finite values;
+    the file's sha256 when the manifest gives one: safetensors checks its header, not the numbers)."""
     config_path, tensor_path = Path(directory) / f"{name}.json", Path(directory) / f"{name}.safetensors"
+    member = _read_json(config_path)
+    if not isinstance(member.get("model"), dict):
+        raise WeightsError(f"{config_path}: no 'model' object (the member's config)")
     try:
-        config = ModelConfig.from_dict(_read_json(config_path).get("model", {}))
+        model = create_model(ModelConfig.from_dict(member["model"]))
     except (TypeError, ValueError) as error:
         raise WeightsError(f"{config_path}: invalid model config ({error})") from None
     if not tensor_path.is_file():
         raise WeightsError(f"{tensor_path}: file not found")
+    if sha256 is not None and file_sha256(tensor_path) != sha256:
+        raise WeightsError(f"{tensor_path}: damaged or replaced (its sha256 is not the one in {MANIFEST})")
     try:
         state = load_file(str(tensor_path), device=str(device))
     except (SafetensorError, OSError, ValueError) as error:
         raise WeightsError(f"{tensor_path}: corrupt or unreadable safetensors file ({error})") from None
-    model = create_model(config)
+    not_finite = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if not_finite:
+        raise WeightsError(f"{tensor_path}: {len(not_finite)} tensors hold NaN or infinite values, e.g. {not_finite[0]}")
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
@@ -102,9 +121,11 @@ def load_member(directory: Path, name: str, device: torch.device | str = "cpu") 
 
 def write_manifest(directory: Path, members: list[str], *, tta: str, tissue_fusion: str, postprocess: PostProcess,
                    trained: bool, **extra) -> None:
+    """The members (already written to `directory`) with the settings they are run with and their sha256."""
+    sha256 = {name: file_sha256(Path(directory) / f"{name}.safetensors") for name in members}
     write_json(Path(directory) / MANIFEST, {
         "format": FORMAT, "trained": trained, "members": members, "tta": tta, "tissue_fusion": tissue_fusion,
-        "postprocess": postprocess.to_dict(), **extra})
+        "postprocess": postprocess.to_dict(), **extra, "sha256": sha256})
 
 
 def load_ensemble(directory: Path, device: torch.device | str = "cpu", members: int | None = None) -> Ensemble:
@@ -119,26 +140,34 @@ def load_ensemble(directory: Path, device: torch.device | str = "cpu", members: 
     names = manifest.get("members")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise WeightsError(f"{manifest_path}: 'members' must be a non-empty list of member names")
-    tta, fusion = manifest.get("tta", "all8"), manifest.get("tissue_fusion", "mean")
+    if len(set(names)) < len(names):
+        raise WeightsError(f"{manifest_path}: 'members' names a member twice")
+    absent = [key for key in ("tta", "tissue_fusion", "postprocess") if key not in manifest]
+    if absent:  # the settings the members were tuned with: never replaced by defaults
+        raise WeightsError(f"{manifest_path}: missing {', '.join(repr(key) for key in absent)}")
+    tta, fusion = manifest["tta"], manifest["tissue_fusion"]
     if tta not in TTA_MODES or fusion not in TISSUE_FUSIONS:
         raise WeightsError(f"{manifest_path}: tta must be one of {sorted(TTA_MODES)} and tissue_fusion one of "
                            f"{TISSUE_FUSIONS}, got {tta!r} and {fusion!r}")
     try:
-        postprocess = PostProcess(**manifest.get("postprocess", {}))
-    except TypeError as error:
+        postprocess = PostProcess(**manifest["postprocess"])
+    except (TypeError, ValueError) as error:
         raise WeightsError(f"{manifest_path}: invalid 'postprocess' ({error})") from None
+    sha256 = manifest.get("sha256", {})
+    if not isinstance(sha256, dict):
+        raise WeightsError(f"{manifest_path}: 'sha256' must map member names to hashes")
     if members is not None:
         if not 1 <= members <= len(names):
             raise WeightsError(f"{manifest_path}: asked for {members} members, the manifest lists {len(names)}")
         names = names[:members]
-    members = [load_member(directory, name, device) for name in names]
-    sizes = {(m.config.cell_size, m.config.tissue_size) for m in members}
+    models = [load_member(directory, name, device, sha256.get(name)) for name in names]
+    sizes = {(m.config.cell_size, m.config.tissue_size) for m in models}
     if len(sizes) > 1:
         raise WeightsError(f"{manifest_path}: members disagree on patch sizes {sorted(sizes)}")
-    if postprocess.uses_tissue and all(m.tissue is None for m in members):
+    if postprocess.fuses_tissue and all(m.tissue is None for m in models):
         raise WeightsError(f"{manifest_path}: 'postprocess' weighs in the tissue prediction, but none of the members "
                            f"{', '.join(names)} has a tissue branch")
-    return Ensemble(members, names, tta, fusion, postprocess, manifest)
+    return Ensemble(models, names, tta, fusion, postprocess, manifest)
 
 
 def resolve_weights_dir(explicit: str | Path | None, model_dir: Path = GC_MODEL_DIR) -> Path:

@@ -378,6 +378,16 @@ def test_json_ids_keep_their_image_index(tmp_path, capsys):
     assert "TC F1 0.6667" in capsys.readouterr().out  # image_2 scored against image 2: 1 TP, 1 FN (image 0)
 
 
+def test_a_json_made_for_fewer_pairs_is_flagged(tmp_path, capsys):
+    """image_<i> is the i-th pair of the split: a JSON of a 2-pair run scored against 3 pairs is reported."""
+    write_release(tmp_path / "gt", {"002": "10,10,1\n", "005": "", "007": "500,500,2\n"})
+    pred = tmp_path / "pred.json"
+    pred.write_text(points_json([{"name": "image_1", "point": [10, 10, 1], "probability": 0.5}]))
+    assert ev.main(["--pred", str(pred), "--gt", str(tmp_path / "gt"), "--bootstrap", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 3 ids have no predictions" in err and "past the JSON's last image_<i>" in err and err.endswith(": 007\n")
+
+
 def test_unknown_ids_and_folds_are_errors(tmp_path, capsys):
     write_release(tmp_path / "gt", {"002": "10,10,1\n"})
     args = ["--pred", str(tmp_path), "--gt", str(tmp_path / "gt")]

@@ -127,6 +127,19 @@ def test_unaligned_segments_read_back_exactly(tmp_path, source, options, order):
     assert_reads_back(tmp_path, cells, tissues, order=order)
 
 
+def test_reduced_resolution_pages_are_not_pairs(tmp_path, source):
+    """A thumbnail or pyramid level after the full-resolution stack (as slide scanners write them) is skipped."""
+    cells, tissues, metas = source
+
+    def write(path, images):
+        with tifffile.TiffWriter(path) as tif:
+            tif.write(np.concatenate(images), photometric="rgb")
+            tif.write(np.concatenate(images)[::8, ::8], photometric="rgb", subfiletype=1)
+
+    write_gc(tmp_path, cells, tissues, metas, write)
+    assert_reads_back(tmp_path, cells, tissues)
+
+
 def test_a_segment_shared_by_two_pairs_is_decoded_once(tmp_path, source, monkeypatch):
     """One compressed strip holding the whole stack: reading pairs in order must not decode it per pair."""
     from ocelot_algo import inputs as module
@@ -227,6 +240,14 @@ def test_log_environment_summarises_inputs_json(caplog, tmp_path):
 def test_no_inputs_at_all(tmp_path):
     input_error(tmp_path, str(tmp_path), "images/cell_patches", "images/test/cell")
     input_error(tmp_path / "absent", "does not exist")
+    (tmp_path / "a-file").write_text("")
+    input_error(tmp_path / "a-file", "is a file, not a folder")
+
+
+def test_a_release_without_the_split_names_the_splits_it_has(tmp_path, source):
+    cells, tissues, metas = source
+    root = write_release(tmp_path, "train", cells, tissues, {"1": metas[0], "2": metas[1]}, ids=["1", "2"])
+    input_error(root, "images/test/cell", "this release folder has --split train")
 
 
 def test_missing_socket_folder(tmp_path, source):
@@ -354,6 +375,13 @@ def test_pair_counts_must_agree(tmp_path, source, counts, expected):
 # -------------------------------------------------------------------------------------------- bad metadata
 
 
+def test_metadata_is_a_folder(tmp_path, source):
+    root = with_sample_images(tmp_path, [])
+    (root / "metadata.json").unlink()
+    (root / "metadata.json").mkdir()
+    input_error(root, "metadata.json: is a folder, not a file")
+
+
 def test_metadata_missing(tmp_path, source):
     write_gc(tmp_path, *source)
     (tmp_path / "metadata.json").unlink()
@@ -420,6 +448,19 @@ def test_metadata_wrong_value(tmp_path, source, dotted, value, problem):
     input_error(with_sample_images(tmp_path, metas), "metadata.json: pair 1", problem)
 
 
+def test_swapped_cell_and_tissue_mpp_without_slide_boxes(tmp_path, source):
+    """Without slide boxes nothing cross-checks the mpp: a cell field of view larger than the tissue patch is
+    refused, or every tissue crop would be garbage."""
+    def swap(meta):
+        meta["cell"], meta["tissue"] = meta["tissue"], meta["cell"]
+        for section in ("cell", "tissue"):
+            for key in ("x_start", "y_start", "x_end", "y_end"):
+                meta[section].pop(key, None)
+
+    metas = broken(source[2], 1, swap)
+    input_error(with_sample_images(tmp_path, metas), "metadata.json: pair 1", "are the cell and tissue mpp swapped?")
+
+
 def test_cell_box_outside_its_tissue_box(tmp_path, source):
     def move_cell_box(meta):
         width = meta["tissue"]["x_end"] - meta["tissue"]["x_start"]
@@ -461,6 +502,17 @@ def test_release_pair_of_another_subset(tmp_path, source):
     entries = {"1": {**metas[0], "subset": "val"}, "2": {**metas[1], "subset": "train"}}
     root = write_release(tmp_path, "val", cells, tissues, entries, ids=["1", "2"])
     input_error(root, "pair '2'", "subset is 'train'", split="val")
+
+
+def test_release_jpeg_corrupt_behind_its_header_names_the_file(tmp_path, source):
+    cells, tissues, metas = source
+    root = write_release(tmp_path, "test", cells, tissues, {"1": metas[0], "2": metas[1]}, ids=["1", "2"])
+    path = root / "images/test/tissue/2.jpg"
+    path.write_bytes(path.read_bytes()[:20000])
+    with open_inputs(root) as inputs:
+        inputs.read(0)
+        with pytest.raises(InputError, match=r"images/test/tissue/2\.jpg: cannot decode pixels"):
+            inputs.read(1)
 
 
 def test_release_grayscale_jpeg(tmp_path, source):

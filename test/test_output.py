@@ -181,7 +181,7 @@ def test_a_failure_mid_write_leaves_no_file(tmp_path, monkeypatch, where):
         fail_on_call(monkeypatch, files.os, "fsync", 2)
     else:  # two CSVs are already renamed into place when the JSON's rename fails
         fail_on_call(monkeypatch, files.os, "replace", 3)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(OutputError, match=r"writing the output failed \(disk full \(simulated\)\); nothing was written"):
         writer.finish()
     assert list(tmp_path.iterdir()) == []
 
@@ -189,9 +189,13 @@ def test_a_failure_mid_write_leaves_no_file(tmp_path, monkeypatch, where):
 def test_an_unwritable_output_folder_is_reported_before_any_pair(tmp_path):
     blocker = tmp_path / "output"
     blocker.write_text("a file where the folder should be")
-    with pytest.raises(OutputError, match=r"output: cannot write the output there"):
+    with pytest.raises(OutputError, match=r"output: is a file, not a folder for the output"):
         PointsWriter(blocker, "grand-challenge", ["image_0"])
     assert [p.name for p in tmp_path.iterdir()] == ["output"]
+    (tmp_path / "readonly").mkdir(mode=0o555)
+    if not os.access(tmp_path / "readonly", os.W_OK):  # root may write anywhere
+        with pytest.raises(OutputError, match=r"readonly: cannot write the output there \(Permission denied\)"):
+            PointsWriter(tmp_path / "readonly", "grand-challenge", ["image_0"])
 
 
 def test_a_folder_gone_by_the_end_leaves_no_file(tmp_path):
@@ -199,7 +203,7 @@ def test_a_folder_gone_by_the_end_leaves_no_file(tmp_path):
     writer = PointsWriter(folder, "grand-challenge", ["image_0"])
     folder.rmdir()
     folder.with_name("output").write_text("replaced by a file")
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="writing the output failed"):
         writer.finish()
     assert [p.name for p in tmp_path.iterdir()] == ["output"]
 

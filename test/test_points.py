@@ -44,6 +44,20 @@ def test_a_flat_top_gives_one_point():
     assert len(cells) == 1 and cells.cls[0] == 2
 
 
+def test_a_map_that_is_all_one_flat_top_gives_one_point():
+    probs = np.zeros((3, 8, 8), np.float32)
+    probs[1] = 1.0
+    cells = find_cells(probs, PostProcess(sigma=0, min_distance=1, threshold=0.5))
+    assert len(cells) == 1 and cells.cls[0] == 1
+
+
+@pytest.mark.parametrize("field, value", [("threshold", "0.3"), ("threshold", 1.0), ("sigma", -1.0),
+                                          ("min_distance", 0), ("min_distance", 2.5), ("tumour_bias", float("nan"))])
+def test_post_processing_refuses_values_it_cannot_use(field, value):
+    with pytest.raises(ValueError, match=field):
+        PostProcess(**{field: value})
+
+
 def test_empty_maps_give_no_points():
     probs = np.zeros((3, 128, 128), np.float32)
     probs[0] = 1

@@ -7,7 +7,7 @@ from conftest import make_weights
 from ocelot_algo.geometry import (ALL_DIHEDRAL, TTA_MODES, Dihedral, apply_dihedral, cell_box_in_tissue, dihedral_box,
                                   dihedral_points, invert_dihedral)
 from ocelot_algo.points import PostProcess
-from ocelot_algo.predictor import Predictor, cancer_on_cell_grid
+from ocelot_algo.predictor import DeviceError, Predictor, cancer_on_cell_grid
 from ocelot_algo.weights import load_ensemble
 
 SMALL = {"cell_size": 128, "tissue_size": 64}
@@ -103,6 +103,14 @@ def test_probability_maps_are_distributions(members):
                                                                             cell_box_in_tissue(meta(0.4, 0.4)))
     assert cell_probs.shape == (3, 128, 128) and tissue_probs.shape == (2, 64, 64)
     assert np.allclose(cell_probs.sum(0), 1, atol=1e-4) and np.allclose(tissue_probs.sum(0), 1, atol=1e-4)
+
+
+def test_non_finite_probabilities_are_an_error_not_an_empty_result(members, monkeypatch):
+    """As a float16 overflow on CUDA would give: NaN maps have no peaks, which would read as "no cells here"."""
+    predictor = Predictor(members, tta="none")
+    monkeypatch.setattr(predictor, "_forward", lambda fn, *args: torch.full((1, 3, 128, 128), float("nan")))
+    with pytest.raises(DeviceError, match="the cell probabilities are not finite on cpu"):
+        predictor.probabilities(smooth_image(5), smooth_image(6), cell_box_in_tissue(meta(0.4, 0.4)))
 
 
 def test_unknown_settings_are_refused(members):

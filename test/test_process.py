@@ -20,9 +20,11 @@ def run_process(*args):
 
 def test_process_writes_a_valid_document_for_every_pair(random_weights, tmp_path):
     result = run_process("--input", str(SAMPLE_INPUT), "--output", str(tmp_path), "--weights", str(random_weights),
-                         "--tta", "none", "--quiet")
+                         "--tta", "none")
     assert result.returncode == 0, result.stderr
-    assert "torch" in result.stderr and "UNTRAINED" in result.stderr  # environment and weights are logged
+    assert "torch" in result.stdout and "UNTRAINED" in result.stdout  # environment and weights are logged
+    assert "pairs 2/2 pair(s)" in result.stdout  # stderr is a pipe: progress as log lines, not a bar
+    assert result.stderr == ""  # Grand-Challenge shows stderr as warnings
     document = json.loads((tmp_path / "cell_classification.json").read_text())
     pairs = len(json.loads((SAMPLE_INPUT / "metadata.json").read_text()))
     assert validate_document(document, pair_count=pairs, require_points=True) == []
@@ -103,7 +105,19 @@ def test_an_unwritable_output_is_found_before_the_weights_load(tmp_path, capsys)
     code = predict_main(["--input", str(SAMPLE_INPUT), "--output", str(blocker), "--weights",
                          str(tmp_path / "no-weights-here"), "--quiet"])  # the weights would fail second
     error = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and error[-1].startswith("error: ") and f"{blocker}: cannot write the output" in error[-1]
+    assert code == 2 and error[-1] == f"error: {blocker}: is a file, not a folder for the output"
+
+    (tmp_path / "out2" / "cell_classification.json").mkdir(parents=True)
+    code = predict_main(["--input", str(SAMPLE_INPUT), "--output", str(tmp_path / "out2"), "--weights",
+                         str(tmp_path / "no-weights-here"), "--quiet"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and error[-1].endswith("cell_classification.json: is a folder; the output file cannot replace it")
+
+
+def test_an_unknown_command_is_named(capsys):
+    assert entry_point(["predcit"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: unknown command 'predcit'\nusage:") and captured.out == ""
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

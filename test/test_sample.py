@@ -219,3 +219,15 @@ def test_write_release_sample_refuses_empty_folds_and_foreign_pairs(tmp_path):
     with pytest.raises(ValueError, match="007.csv: not a pair of this sample"):
         sample.write_release_sample(tmp_path, pairs=2, seed=0)
     assert not (tmp_path / "metadata.json").exists() and not (tmp_path / "images").exists()
+
+
+def test_make_sample_cli_reports_what_it_cannot_write_in_one_line(tmp_path, capsys):
+    foreign = tmp_path / "annotations" / "train" / "cell" / "007.csv"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("")
+    assert sample.main(["--out", str(tmp_path), "--layout", "release", "--pairs", "2"]) == 2
+    assert capsys.readouterr().err == (f"error: {foreign}: not a pair of this sample (1 such files under {tmp_path}); "
+                                       "write into an empty folder\n")
+    with pytest.raises(SystemExit):
+        sample.main(["--out", str(tmp_path / "x"), "--pairs", "0"])
+    assert "--pairs must be at least 1" in capsys.readouterr().err

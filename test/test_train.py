@@ -35,10 +35,11 @@ def release(tmp_path_factory):
 
         return write_release_sample(root, pairs=4, seed=0, split="train", folds=2)
     metadata = json.loads((SHARED_DATA / "metadata.json").read_text())
-    ids = sorted(metadata["sample_pairs"])[:4]
+    folds = [sorted(fold)[:2] for fold in json.loads((SHARED_DATA / "folds.json").read_text())["folds"][:2]]
+    ids = folds[0] + folds[1]  # two pairs of each of two slide-level folds: slides stay apart
     metadata["sample_pairs"] = {i: metadata["sample_pairs"][i] for i in ids}
     (root / "metadata.json").write_text(json.dumps(metadata))
-    (root / "folds.json").write_text(json.dumps({"folds": [ids[:2], ids[2:]]}))
+    (root / "folds.json").write_text(json.dumps({"folds": folds}))
     for kind, suffix in [("images/train/cell", "jpg"), ("images/train/tissue", "jpg"),
                          ("annotations/train/cell", "csv"), ("annotations/train/tissue", "png")]:
         (root / kind).mkdir(parents=True)
@@ -63,7 +64,9 @@ def test_training_stops_at_its_time_budget_resumes_and_exports_a_tuned_member(re
     run = tmp_path / "run"
     result = train("--data", str(release), "--fold", "0", "--out", str(run), "--max-minutes", "0", *TINY)
     assert "time budget of 0 min reached at step 1" in result.stderr
-    assert json.loads((run / "state.json").read_text())["step"] == 1 and not (run / "model.safetensors").exists()
+    stopped = json.loads((run / "state.json").read_text())
+    assert stopped["step"] == 1 and not (run / "model.safetensors").exists()
+    assert stopped["history"] == [] and stopped["processes"] == 1  # a checkpoint only: no off-schedule validation
     result = train("--data", str(release), "--fold", "0", "--out", str(run), "--resume", *TINY)
     assert "resumed at step 1" in result.stderr
     log = (run / "train.log").read_text()
@@ -87,6 +90,8 @@ def test_training_stops_at_its_time_budget_resumes_and_exports_a_tuned_member(re
     assert "use --resume to continue it, or another --out" in one_line_error(capsys)
     result = train(*same_folder, "--resume", *TINY, "--eval-every", "1", "--device", "cpu")  # free to change
     assert "resumed at step 5" in result.stderr
+    with pytest.raises(training.RunError, match=r"trained by 1 process\(es\), not 2: resume it with as many"):
+        training.check_run_folder(run, training.parse_args([*same_folder, "--resume", *TINY]), world=2)
 
 
 def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
@@ -110,7 +115,7 @@ def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
     assert "CC BY-NC 4.0" in licence and "fold0, fold0-none, fold1" in licence and "Ryu et al." in licence
     assert (report / "report.md").is_file()
     tuning = json.loads((report / "report.json").read_text())["settings"]["tissue_fusion_tuning"]
-    assert ensemble.postprocess.uses_tissue == tuning["adopted"] and 0 <= tuning["annotated_tissue_mF1"] <= 1
+    assert ensemble.postprocess.fuses_tissue == tuning["adopted"] and 0 <= tuning["annotated_tissue_mF1"] <= 1
 
     # an ablation on fewer folds: only a report, side by side, no weights written, so runs of one fold in
     # folders of the same name (another seed's runs/seed1/fold0) are fine
@@ -138,7 +143,9 @@ def test_arguments_that_cannot_train_are_refused(capsys):
     for bad, why in ((["--steps", "0"], "at least 1"), (["--teacher-tissue", "1.5"], "0..1"),
                      (["--injection", "none", "--teacher-tissue", "0.5"], "--injection none has not"),
                      (["--injection", "none", "--tissue-steps", "10"], "--injection none has not"),
-                     (["--tta", "all4"], "invalid choice")):
+                     (["--tta", "all4"], "invalid choice"), (["--eval-every", "0"], "--eval-every must be at least 1"),
+                     (["--crop", "100"], "--crop must be a multiple of 32"),
+                     (["--cell-size", "100"], "patch sizes must be multiples of 32")):
         with pytest.raises(SystemExit):
             parse_args(["--data", "d", "--fold", "0", "--out", "o", *bad])
         assert why in capsys.readouterr().err
@@ -155,10 +162,30 @@ def test_training_reports_user_errors_in_one_line_before_it_starts(release, tmp_
     assert training.main(["--data", str(release), "--fold", "2", "--out", str(run)]) == 2
     assert one_line_error(capsys) == f"error: {release / 'folds.json'}: no fold 2 among its 2 (0-based)\n"
     assert not run.exists()
+    (tmp_path / "a-file").write_text("")
+    assert training.main(["--data", str(release), "--fold", "0", "--out", str(tmp_path / "a-file")]) == 2
+    assert one_line_error(capsys) == f"error: --out {tmp_path / 'a-file'}: is a file, not a run folder\n"
     no_images = tmp_path / "no-images"  # an input problem found while loading: InputError, no traceback
     shutil.copytree(release, no_images, symlinks=True, ignore=shutil.ignore_patterns("images"))
     result = train("--data", str(no_images), "--fold", "-1", "--out", str(run), *TINY, returncode=2)
     assert result.stderr.startswith(f"error: {no_images}: no inputs found") and "Traceback" not in result.stderr
+
+
+def test_folds_that_mix_a_pair_or_a_slide_are_refused(tmp_path):
+    pairs = {"001": {"slide_name": "A"}, "002": {"slide_name": "A"}, "003": {"slide_name": "B"}}
+    (tmp_path / "metadata.json").write_text(json.dumps({"sample_pairs": pairs}))
+    training.check_folds_keep_slides_apart(tmp_path, [["001", "002"], ["003"]])
+    with pytest.raises(training.RunError, match=r"folds.json: pair 001 is in folds 0 and 1"):
+        training.check_folds_keep_slides_apart(tmp_path, [["001", "002"], ["003", "001"]])
+    with pytest.raises(training.RunError, match=r"folds.json: slide A has pairs in folds 0 and 1"):
+        training.check_folds_keep_slides_apart(tmp_path, [["001"], ["002", "003"]])
+
+
+def test_tissue_masks_follow_any_tissue_grid(release):
+    """A --tissue-size that does not divide 1024 still gets one label per grid cell, the one at its centre."""
+    pair = json.loads((release / "folds.json").read_text())["folds"][0][:1]
+    for size in (96, 128, 384):
+        assert load_samples(release, pair, 64, size)[0].tissue_mask.shape == (size, size)
 
 
 def test_batches_are_deterministic_and_targets_follow_the_cells(release):
@@ -233,7 +260,7 @@ def late_fusion_case(informative: bool) -> tuple[OutOfFold, list[TruthImage]]:
 def test_late_fusion_is_adopted_only_when_it_wins_on_folds_it_was_not_tuned_on():
     plain = PostProcess(sigma=0, min_distance=2, threshold=0.3)
     params, result = tune_tissue_fusion(*late_fusion_case(informative=True), plain)
-    assert result["adopted"] and params.uses_tissue and (params.sigma, params.threshold) == (0, 0.3)
+    assert result["adopted"] and params.fuses_tissue and (params.sigma, params.threshold) == (0, 0.3)
     assert result["plain_mF1"] == pytest.approx(1 / 3) and result["chosen_on_other_folds_mF1"] == pytest.approx(1.0)
     assert "annotated_tissue_mF1" not in result  # this truth has no tissue masks
     params, result = tune_tissue_fusion(*late_fusion_case(informative=False), plain)
@@ -250,6 +277,12 @@ def test_ensemble_checks_every_run_before_scoring(tmp_path, capsys):
     (a / "model.safetensors").unlink()
     assert ensemble_main(["--runs", str(a), *settings, "--out", str(tmp_path / "weights")]) == 2
     assert one_line_error(capsys) == f"error: {a / 'model.safetensors'}: file not found\n"
+    other_grid = fake_run(tmp_path / "f0-1024", ["001"], 0.2)
+    (other_grid / "model.json").write_text(json.dumps({"model": ModelConfig(cell_size=1024).to_dict(),
+                                                       "info": {"val_tta": "flips"}}))
+    assert ensemble_main(["--runs", str(b), str(other_grid), *settings]) == 2
+    assert one_line_error(capsys).startswith("error: the runs were trained at different --cell-size / --tissue-size: "
+                                             f"512/256 ({b}); 1024/256 ({other_grid})")
     (b / "val_maps.npz").unlink()
     assert ensemble_main(["--runs", str(b), *settings]) == 2
     assert one_line_error(capsys) == f"error: {b / 'val_maps.npz'}: file not found\n"

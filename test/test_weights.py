@@ -52,8 +52,15 @@ def test_missing_folder_or_manifest(tmp_path, weights):
 def test_manifest_problems_name_the_file(weights):
     path = weights / "manifest.json"
     manifest = json.loads(path.read_text())
+    settings_dropped = {k: v for k, v in manifest.items() if k not in ("tta", "postprocess")}
     for broken, message in [("{not json", "not readable JSON"), (json.dumps({**manifest, "members": []}), "non-empty list"),
+                            (json.dumps({**manifest, "members": ["member0", "member0"]}), "names a member twice"),
                             (json.dumps({**manifest, "tta": "all16"}), "tta must be"),
+                            (json.dumps(settings_dropped), "missing 'tta', 'postprocess'"),
+                            (json.dumps({**manifest, "postprocess": {**manifest["postprocess"], "threshold": "0.3"}}),
+                             "invalid 'postprocess' .threshold must be a finite number, not '0.3'"),
+                            (json.dumps({**manifest, "postprocess": {**manifest["postprocess"], "min_distance": 2.5}}),
+                             "invalid 'postprocess' .min_distance must be an integer >= 1"),
                             (json.dumps({**manifest, "format": "other"}), "format")]:
         path.write_text(broken)
         with pytest.raises(WeightsError, match=message) as info:
@@ -70,7 +77,27 @@ def test_a_tissue_weighted_class_decision_needs_a_member_with_a_tissue_branch(tm
         load_ensemble(weights)
 
 
+def without_hashes(weights):
+    """The manifest without its sha256 entries (as a hand-made one), so the checks behind the hash are reached."""
+    path = weights / "manifest.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "sha256"}))
+
+
+def test_damaged_tensor_data_is_found_by_its_hash_or_as_non_finite_values(weights):
+    """safetensors checks its header, not the numbers: NaNs written into the data would load and find no cells."""
+    tensors = weights / "member0.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-4000:-3992] = b"\xff" * 8  # NaN in float16
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"member0.safetensors: damaged or replaced \(its sha256"):
+        load_ensemble(weights)
+    without_hashes(weights)
+    with pytest.raises(WeightsError, match=r"member0.safetensors: 1 tensors hold NaN or infinite values"):
+        load_ensemble(weights)
+
+
 def test_missing_corrupt_or_truncated_tensors(weights):
+    without_hashes(weights)
     tensors = weights / "member0.safetensors"
     data = tensors.read_bytes()
     tensors.write_bytes(data[: len(data) // 2])
@@ -87,13 +114,23 @@ def test_missing_corrupt_or_truncated_tensors(weights):
 def test_tensors_that_do_not_match_their_config(weights, tmp_path):
     other = make_weights(tmp_path / "other", injections=("none",))
     shutil.copy(other / "member0.safetensors", weights / "member0.safetensors")  # cell-only tensors, "input" config
+    with pytest.raises(WeightsError, match="damaged or replaced"):
+        load_ensemble(weights)
+    without_hashes(weights)
     with pytest.raises(WeightsError, match="does not match its config"):
         load_ensemble(weights)
 
 
-def test_invalid_member_config(weights):
-    (weights / "member0.json").write_text(json.dumps({"model": {"injection": "sideways"}}))
-    with pytest.raises(WeightsError, match="member0.json: invalid model config"):
+@pytest.mark.parametrize("config, problem", [
+    ({"model": {"injection": "sideways"}}, "invalid model config .injection must be one of"),
+    ({"modl": {}}, "no 'model' object"),
+    ({"model": {"cell_size": 512.0}}, "invalid model config .patch sizes must be multiples of 32"),
+    ({"model": {"cell_decoder": []}}, "invalid model config .a decoder is 1..5 positive channel counts"),
+    ({"model": {"cell_decoder": ["128", 64]}}, "invalid model config .a decoder is"),
+])
+def test_invalid_member_config(weights, config, problem):
+    (weights / "member0.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsError, match=f"member0.json: {problem}"):
         load_ensemble(weights)
 
 
