@@ -140,8 +140,10 @@ class LoggedProgress:
             now = time.perf_counter()
             if now - last >= self.every_s or done == self.total:
                 last, rate = now, (now - start) / (done - self.initial)
-                log.info("%s %d/%d %s(s), %.2f s/%s, %.0f s left %s", self.desc, done, self.total, self.unit, rate,
-                         self.unit, rate * (self.total - done), self.postfix)
+                left = rate * (self.total - done)
+                log.info("%s: %d/%d %ss, %.2f s per %s, %s left%s", self.desc, done, self.total, self.unit, rate,
+                         self.unit, f"{left / 60:.0f} min" if left >= 120 else f"{left:.0f} s",
+                         f"; {self.postfix}" if self.postfix else "")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ def test_process_writes_a_valid_document_for_every_pair(random_weights, tmp_path
                          "--tta", "none")
     assert result.returncode == 0, result.stderr
     assert "torch" in result.stdout and "UNTRAINED" in result.stdout  # environment and weights are logged
-    assert "pairs 2/2 pair(s)" in result.stdout  # stderr is a pipe: progress as log lines, not a bar
+    assert "pairs: 2/2 pairs, " in result.stdout  # stderr is a pipe: progress as log lines, not a bar
     assert result.stderr == ""  # Grand-Challenge shows stderr as warnings
     document = json.loads((tmp_path / "cell_classification.json").read_text())
     pairs = len(json.loads((SAMPLE_INPUT / "metadata.json").read_text()))
