@@ -20,7 +20,8 @@ WORKDIR /opt/app
 # requirements.txt pins everything except torch, whose range the base image already satisfies (so no torch download).
 COPY requirements.txt /opt/app/
 RUN python -m pip install --no-cache-dir -r requirements.txt \
- && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+ && python -c "import sys, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda); \
+sys.exit(None if (torch.version.cuda or '').startswith('12.') else 'the base image must bring a CUDA 12 build of torch (see above)')"
 
 # Weights change less often than code, so they get the earlier layer.
 COPY weights/ /opt/app/weights/

@@ -42,7 +42,8 @@ if ((local_base)); then
   base="$(docker/local-base.sh)"
 fi
 
-args=(--platform=linux/amd64 --network host --tag "$tag")
+# The content hash of what goes in: export.sh refuses an image whose code or weights are not this folder's.
+args=(--platform=linux/amd64 --network host --tag "$tag" --label "ocelot-algo.content-sha256=$(docker/app-hash.sh)")
 [[ -z "$base" ]] || args+=(--build-arg "BASE_IMAGE=$base")
 
 start=$SECONDS

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Run the image on test/input the way Grand-Challenge runs it, then validate the output inside the same image.
+# Run the image on test/input the way Grand-Challenge runs it, then validate the output inside the same image and,
+# with trained weights, score it against the sample's exact annotations (test/sample-truth.json).
 set -euo pipefail
-cd "$(dirname "$0")"
 
 usage() {
   cat >&2 <<USAGE
@@ -22,20 +22,28 @@ while (($#)); do
   case "$1" in
     --cpu) use_gpu=0; shift ;;
     --keep) keep=1; shift ;;
-    --model) (($# >= 2)) || usage; model_dir="$(cd "$2" && pwd)"; shift 2 ;;
+    --model) (($# >= 2)) || usage
+      [[ -d "$2" ]] || { echo "test.sh: --model $2: no such folder" >&2; exit 2; }
+      model_dir="$(cd "$2" && pwd)"; shift 2 ;;
     -*) usage ;;
     *) image="$1"; shift ;;
   esac
 done
+cd "$(dirname "$0")"  # after the arguments: a relative --model is the caller's
 
 input="$PWD/test/input"
 [[ -f "$input/metadata.json" ]] || { echo "test.sh: $input/metadata.json is missing" >&2; exit 2; }
 pairs="$(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))))' "$input/metadata.json")"
 
-# Once trained weights ship, an output without any point is a failure, not just an empty prediction.
+# Once trained weights ship, an output without any point is a failure, not just an empty prediction, and so is
+# one that misses the sample's cells (the shipped ensemble scores mF1 0.96 on it).
 weights_dir="${model_dir:-weights}"
+truth="$PWD/test/sample-truth.json"
+min_mf1=0.5
+trained=0
 require_points=()
 if grep -Eq '"trained"[[:space:]]*:[[:space:]]*true' "$weights_dir/manifest.json" 2>/dev/null; then
+  trained=1
   require_points=(--require-points)
 fi
 
@@ -83,4 +91,16 @@ fi
 docker run --rm --name "$run_id" --platform=linux/amd64 --network none --entrypoint python \
   --volume "$output_dir:/output:ro" "$image" \
   -m ocelot_algo validate /output/cell_classification.json --pairs "$pairs" ${require_points[@]+"${require_points[@]}"}
+
+if ((trained)); then
+  score="$(docker run --rm --name "$run_id" --platform=linux/amd64 --network none --entrypoint python \
+    --volume "$output_dir:/output:ro" --volume "$truth:/truth.json:ro" "$image" \
+    -m ocelot_algo evaluate --pred /output/cell_classification.json --gt /truth.json --bootstrap 0)"
+  echo "$score"
+  mf1="$(sed -n 's/.*: mF1 \([0-9.]*\) .*/\1/p' <<<"$score")"
+  python3 -c 'import sys; sys.exit(float(sys.argv[1]) < float(sys.argv[2]))' "${mf1:-0}" "$min_mf1" || {
+    echo "test.sh: mF1 ${mf1:-?} on the sample is below $min_mf1: the trained weights do not find its cells" >&2
+    exit 1
+  }
+fi
 echo "test.sh: PASS ($image, $pairs pair(s))"

@@ -96,6 +96,8 @@ def _run_pairs(inputs, predictor: Predictor, writer: PointsWriter, report: RunRe
             probs, tissue_probs = predictor.probabilities_on_grids(cell_grid, tissue_grid, box)
             per_pair[i].update({k: v - before.get(k, 0.0) for k, v in predictor.timings.items()})
             pending.append(post.submit(to_points, i, probs, tissue_probs, box))
+            if i == 0 and predictor.device.type == "cpu":
+                warn_if_slow(time.perf_counter() - loop_start, n)
             while len(pending) > 2:  # bounded: memory must not grow with the number of pairs
                 counts.append(pending.popleft().result())
         counts.extend(f.result() for f in pending)
@@ -105,6 +107,17 @@ def _run_pairs(inputs, predictor: Predictor, writer: PointsWriter, report: RunRe
     report.stages = {k: sum(p.get(k, 0.0) for p in per_pair) for k in sorted({k for p in per_pair for k in p})}
     report.stages["write"] = time.perf_counter() - t
     report.wall_s = time.perf_counter() - loop_start
+
+
+SLOW_RUN_MINUTES = 15  # Grand-Challenge's jobs have a time limit (20 min by default)
+
+
+def warn_if_slow(first_pair_s: float, pairs: int) -> None:
+    """Said after the first pair, not found out at the time limit: the full ensemble on a CPU takes ~40 s a pair."""
+    minutes = first_pair_s * pairs / 60
+    if minutes > SLOW_RUN_MINUTES:
+        log.warning("on the CPU this run will take about %.0f min (%d pairs, %.0f s for the first); a GPU, or fewer "
+                    "members and views (--members, --tta), is much faster", minutes, pairs, first_pair_s)
 
 
 def progress_bar(iterable, enabled: bool, **tqdm_options):

@@ -377,6 +377,17 @@ def write_sample(out_dir: str | Path, pairs: int, seed: int, compression: str | 
     return out_dir
 
 
+def write_truth(path: str | Path, pairs: int, seed: int) -> Path:
+    """The exact cell annotations of `write_sample`'s pairs as a "Multiple points" document (image_<i> = pair i,
+    no probabilities, `num_images`), the ground-truth JSON that `evaluate --gt` reads: test.sh scores the
+    container's output on the sample with it."""
+    points = [{"name": f"image_{i}", "point": [int(x), int(y), int(c)]}
+              for i in range(pairs) for x, y, c in cell_annotations(pair_scene(seed, i))]
+    document = {"type": "Multiple points", "points": points, "num_images": pairs, "version": {"major": 1, "minor": 0}}
+    write_atomic(path, json.dumps(document, indent=1) + "\n")
+    return Path(path)
+
+
 RELEASE_INFO = {
     "description": "Synthetic stand-in for the OCELOT 2023 release, same layout: procedurally drawn H&E-like "
                    "scenes with exact ground truth, written by ocelot_algo.sample. No patient or licensed data.",
@@ -448,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", choices=("gc", "release"), default="gc",
                         help="gc: one image file per socket and metadata.json, as Grand-Challenge gives; "
                              "release: the OCELOT release's folders")
+    parser.add_argument("--truth", default=None,
+                        help="gc layout: also write the pairs' exact cell annotations to this JSON (for evaluate --gt)")
     parser.add_argument("--compression", choices=("zlib",), default=None,
                         help="gc layout: zlib-compressed 256 px tiles (without it: uncompressed single strips, as GC stores them)")
     parser.add_argument("--split", default="train", help="release layout: the subset folder and metadata value")
@@ -455,11 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
-    if args.layout == "release" and args.compression:
-        parser.error("--compression applies to the gc layout only")
+    if args.layout == "release" and (args.compression or args.truth):
+        parser.error("--compression and --truth apply to the gc layout only (the release layout has annotations/)")
     try:
         out = write_release_sample(args.out, args.pairs, args.seed, args.split, args.folds) \
             if args.layout == "release" else write_sample(args.out, args.pairs, args.seed, args.compression)
+        if args.truth:
+            write_truth(args.truth, args.pairs, args.seed)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -192,10 +192,16 @@ def test_an_unwritable_output_folder_is_reported_before_any_pair(tmp_path):
     with pytest.raises(OutputError, match=r"output: is a file, not a folder for the output"):
         PointsWriter(blocker, "grand-challenge", ["image_0"])
     assert [p.name for p in tmp_path.iterdir()] == ["output"]
-    (tmp_path / "readonly").mkdir(mode=0o555)
-    if not os.access(tmp_path / "readonly", os.W_OK):  # root may write anywhere
-        with pytest.raises(OutputError, match=r"readonly: cannot write the output there \(Permission denied\)"):
-            PointsWriter(tmp_path / "readonly", "grand-challenge", ["image_0"])
+
+
+
+def test_a_folder_the_user_cannot_write_is_reported_before_any_pair(tmp_path, monkeypatch):
+    def refused(*args, **kwargs):  # as for a non-root user in a folder of another (root may write anywhere)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(output.tempfile, "TemporaryFile", refused)
+    with pytest.raises(OutputError, match=r"readonly: cannot write the output there \(Permission denied\)"):
+        PointsWriter(tmp_path / "readonly", "grand-challenge", ["image_0"])
 
 
 def test_a_folder_gone_by_the_end_leaves_no_file(tmp_path):

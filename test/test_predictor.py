@@ -87,6 +87,17 @@ def test_an_ensemble_of_identical_members_equals_one_member(members):
         assert np.allclose(one[0], three[0], atol=1e-5) and np.allclose(one[1], three[1], atol=1e-5)
 
 
+def test_tissue_fusion_mean_and_member_differ_on_distinct_members(members):
+    """`mean` feeds every member the averaged tissue map, `member` each its own: the cell maps of `member` are
+    the average of the members run alone, those of `mean` are not."""
+    cell, tissue, box = smooth_image(3), smooth_image(4), cell_box_in_tissue(meta(0.4, 0.6))
+    alone = [Predictor([m], tta="none").probabilities(cell, tissue, box)[0] for m in members]
+    own = Predictor(members, tta="none", tissue_fusion="member").probabilities(cell, tissue, box)[0]
+    shared = Predictor(members, tta="none", tissue_fusion="mean").probabilities(cell, tissue, box)[0]
+    assert np.allclose(own, np.mean(alone, axis=0), atol=1e-5)
+    assert np.abs(shared - own).max() > 1e-3
+
+
 def test_a_mixed_ensemble_averages_joint_and_cell_only_members(tmp_path):
     """The shipped ensemble mixes joint and cell-only members: each keeps its own inputs, the maps are averaged."""
     mixed = load_ensemble(make_weights(tmp_path, injections=("input", "none"), **SMALL)).members

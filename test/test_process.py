@@ -1,11 +1,13 @@
 """The entrypoint end to end: outputs that Grand-Challenge accepts, and one-line errors that write nothing."""
 import argparse
 import json
+import logging
 import shutil
 import subprocess
 import sys
 
 import pytest
+import tifffile
 import torch
 
 from conftest import ROOT, SAMPLE_INPUT
@@ -20,7 +22,7 @@ def run_process(*args):
 
 def test_process_writes_a_valid_document_for_every_pair(random_weights, tmp_path):
     result = run_process("--input", str(SAMPLE_INPUT), "--output", str(tmp_path), "--weights", str(random_weights),
-                         "--tta", "none")
+                         "--tta", "none", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "torch" in result.stdout and "UNTRAINED" in result.stdout  # environment and weights are logged
     assert "pairs: 2/2 pairs, " in result.stdout  # stderr is a pipe: progress as log lines, not a bar
@@ -32,7 +34,7 @@ def test_process_writes_a_valid_document_for_every_pair(random_weights, tmp_path
 
     again = tmp_path / "again"
     assert predict_main(["--input", str(SAMPLE_INPUT), "--output", str(again), "--weights", str(random_weights),
-                         "--tta", "none", "--quiet"]) == 0
+                         "--tta", "none", "--device", "cpu", "--quiet"]) == 0
     assert (again / "cell_classification.json").read_bytes() == (tmp_path / "cell_classification.json").read_bytes()
 
 
@@ -75,8 +77,39 @@ def test_bad_input_is_one_line_on_stderr_exit_2_and_no_output(case, random_weigh
                          "--weights", str(random_weights), "--quiet"])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert error[-1].startswith("error: ") and named in error[-1]
+    assert len(error) == 1 and error[0].startswith("error: ") and named in error[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_data_corrupt_behind_valid_headers_stops_the_run_and_keeps_an_older_output(random_weights, tmp_path, capsys):
+    """Found only when pair 1 is decoded, after pair 0's work: one line, exit 2, and the folder as it was."""
+    from ocelot_algo.sample import write_sample
+
+    sample = write_sample(tmp_path / "input", pairs=2, seed=0, compression="zlib")
+    path = sample / "images/cell_patches/cell_patches.tif"
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        offset = page.dataoffsets[len(page.dataoffsets) // 2 + 1]  # a tile of pair 1
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cell_classification.json").write_text("an older result")
+    code = predict_main(["--input", str(sample), "--output", str(out), "--weights", str(random_weights),
+                         "--tta", "none", "--quiet"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "cell_patches.tif: pair 1: cannot decode" in error[0]
+    assert [p.name for p in out.iterdir()] == ["cell_classification.json"]
+    assert (out / "cell_classification.json").read_text() == "an older result"
+
+
+def test_the_bundled_weights_load_and_find_cells_on_the_sample(tmp_path):
+    """What ships in weights/: its hashes, configs and manifest settings load; two members on the sample."""
+    assert predict_main(["--input", str(SAMPLE_INPUT), "--output", str(tmp_path), "--members", "2",
+                         "--tta", "none", "--device", "cpu", "--quiet"]) == 0
+    document = json.loads((tmp_path / "cell_classification.json").read_text())
+    assert validate_document(document, pair_count=2, require_points=True) == []
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "mismatched"])
@@ -95,7 +128,7 @@ def test_bad_weights_are_one_line_on_stderr_exit_2_and_no_output(damage, random_
     out = tmp_path / "out"
     code = predict_main(["--input", str(SAMPLE_INPUT), "--output", str(out), "--weights", str(weights), "--quiet"])
     error = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and error[-1].startswith("error: ") and "member0" in error[-1]
+    assert code == 2 and len(error) == 1 and error[0].startswith("error: ") and "member0" in error[0]
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -105,13 +138,13 @@ def test_an_unwritable_output_is_found_before_the_weights_load(tmp_path, capsys)
     code = predict_main(["--input", str(SAMPLE_INPUT), "--output", str(blocker), "--weights",
                          str(tmp_path / "no-weights-here"), "--quiet"])  # the weights would fail second
     error = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and error[-1] == f"error: {blocker}: is a file, not a folder for the output"
+    assert code == 2 and error == [f"error: {blocker}: is a file, not a folder for the output"]
 
     (tmp_path / "out2" / "cell_classification.json").mkdir(parents=True)
     code = predict_main(["--input", str(SAMPLE_INPUT), "--output", str(tmp_path / "out2"), "--weights",
                          str(tmp_path / "no-weights-here"), "--quiet"])
     error = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and error[-1].endswith("cell_classification.json: is a folder; the output file cannot replace it")
+    assert code == 2 and len(error) == 1 and error[0].endswith("cell_classification.json: is a folder; the output file cannot replace it")
 
 
 def test_an_unknown_command_is_named(capsys):
@@ -125,12 +158,12 @@ def test_asking_for_cuda_without_it_is_one_line(random_weights, tmp_path, capsys
     code = predict_main(["--input", str(SAMPLE_INPUT), "--output", str(tmp_path / "out"), "--weights",
                          str(random_weights), "--device", "cuda", "--quiet"])
     error = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and error[-1].startswith("error: --device cuda") and not (tmp_path / "out").exists()
+    assert code == 2 and len(error) == 1 and error[0].startswith("error: --device cuda") and not (tmp_path / "out").exists()
 
 
 def test_bench_reports_every_stage(random_weights, tmp_path):
     result = subprocess.run([sys.executable, "-m", "ocelot_algo", "bench", "--pairs", "1", "--tta", "none",
-                             "--weights", str(random_weights), "--json", str(tmp_path / "bench.json")],
+                             "--device", "cpu", "--weights", str(random_weights), "--json", str(tmp_path / "bench.json")],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -140,14 +173,15 @@ def test_bench_reports_every_stage(random_weights, tmp_path):
     assert report["gflop_per_pair"] > 0
 
 
-def test_bench_counts_arithmetic_per_member_and_view(random_weights):
+def test_bench_counts_arithmetic_per_member_and_view(tmp_path):
+    """A joint and a cell-only member: the second costs less (no tissue branch), each view costs the same."""
+    from conftest import make_weights
     from ocelot_algo.bench import _gflop_per_pair
-    from ocelot_algo.weights import load_ensemble
 
-    one = _gflop_per_pair(str(random_weights), 1, "none")
-    assert _gflop_per_pair(str(random_weights), 1, "flips") == 4 * one
-    members = len(load_ensemble(random_weights).members)
-    assert _gflop_per_pair(str(random_weights), None, "none") == members * one
+    weights = str(make_weights(tmp_path, injections=("input", "none"), cell_size=128, tissue_size=64))
+    joint, both = _gflop_per_pair(weights, 1, "none"), _gflop_per_pair(weights, None, "none")
+    assert joint < both < 2 * joint
+    assert _gflop_per_pair(weights, None, "flips") == 4 * both
 
 
 def test_overlay_draws_cells_and_tissue_with_ground_truth(random_weights, tmp_path):
@@ -173,7 +207,8 @@ def test_overlay_names_the_pairs_it_has_when_asked_for_another(random_weights, t
     code = overlay_main(["--input", str(SAMPLE_INPUT), "--pairs", "image_0,015", "--out", str(tmp_path / "o"),
                          "--weights", str(random_weights), "--tta", "none"])
     error = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and error[-1].startswith("error: --pairs: no pair named '015'") and "image_0" in error[-1]
+    assert code == 2 and len(error) == 1
+    assert error[0].startswith("error: --pairs: no pair named '015'") and "image_0" in error[0]
     assert not (tmp_path / "o").exists()
 
 
@@ -214,3 +249,13 @@ def test_train_help_shows_the_recipe_defaults_and_only_real_ones(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "joint optimizer steps; the learning-rate schedule spans them (default: 1200)" in text
     assert "(default: 512)" in text and "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_a_run_too_long_for_the_cpu_is_announced_after_its_first_pair(caplog):
+    from ocelot_algo.pipeline import warn_if_slow
+
+    with caplog.at_level(logging.WARNING, logger="ocelot_algo"):
+        warn_if_slow(40.0, 2)  # 1.3 min: fine
+        assert caplog.text == ""
+        warn_if_slow(40.0, 137)  # a Grand-Challenge phase on the CPU
+    assert "on the CPU this run will take about 91 min (137 pairs, 40 s for the first)" in caplog.text

@@ -37,7 +37,9 @@ def test_the_single_model_ablation_as_in_its_report():
 def test_the_late_fusion_figures_as_tuned_by_ensemble():
     tuning = report("report")["settings"]["tissue_fusion_tuning"]
     plain, best = number(tuning["plain_mF1"]), tuning["best_on_all_pairs"]
-    assert not tuning["adopted"] and "the shipped manifest keeps w = b = 0" in README
+    shipped = json.loads((ROOT / "weights" / "manifest.json").read_text())["postprocess"]
+    assert not tuning["adopted"] and shipped["tissue_weight"] == shipped["tumour_bias"] == 0
+    assert "the shipped manifest keeps w = b = 0" in README
     assert f"| {number(tuning['chosen_on_other_folds_mF1'])} vs {plain} |" in README
     assert f"| {number(tuning['annotated_tissue_mF1'])} vs {plain} |" in README
     assert (f"w {number(best['tissue_weight'], 'g')}, b {number(best['tumour_bias'], 'g')},\n"

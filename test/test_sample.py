@@ -100,6 +100,17 @@ def test_committed_sample_is_gc_shaped_and_matches_the_generator():
         "images/cell_patches", "images/tissue_patches", "metadata.json"]
 
 
+def test_committed_truth_is_the_samples_annotations_and_scores_itself_perfectly(tmp_path):
+    """test.sh scores the container's output with it: it must be the sample's own cells, image by image."""
+    committed = Path(__file__).parent / "sample-truth.json"
+    metas = json.loads((COMMITTED / "metadata.json").read_text())
+    assert committed.read_text() == sample.write_truth(tmp_path / "t.json", len(metas), seed=0).read_text()
+    truth = evaluation.load_gt_json(committed)
+    assert [len(t.cells) for t in truth] == [len(sample.cell_annotations(sample.pair_scene(0, i))) for i in range(2)]
+    as_predictions = [np.c_[t.cells, np.ones(len(t.cells))] for t in truth]
+    assert evaluation.evaluate_pairs(as_predictions, [t.cells for t in truth])["mF1"] == 1.0
+
+
 @pytest.mark.parametrize("options", [{"rowsperstrip": 100}, {"tile": 200}])
 def test_write_tiff_refuses_segments_that_straddle_pairs(tmp_path, options):
     with pytest.raises(ValueError, match="divide"):

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import ROOT, SHARED_DATA
 from ocelot_algo import train as training
@@ -48,8 +49,9 @@ def release(tmp_path_factory):
     return root
 
 
-def train(*args, launcher=(sys.executable, "-m", "ocelot_algo"), returncode=0):
-    result = subprocess.run([*launcher, "train", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def train(*args, launcher=(sys.executable, "-m", "ocelot_algo"), returncode=0, env=None):
+    result = subprocess.run([*launcher, "train", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env=env)
     assert result.returncode == returncode, result.stderr[-3000:]
     return result
 
@@ -69,6 +71,11 @@ def test_training_stops_at_its_time_budget_resumes_and_exports_a_tuned_member(re
     assert stopped["history"] == [] and stopped["processes"] == 1  # a checkpoint only: no off-schedule validation
     result = train("--data", str(release), "--fold", "0", "--out", str(run), "--resume", *TINY)
     assert "resumed at step 1" in result.stderr
+    straight = tmp_path / "straight"  # the same run without the stop: a resumed run continues exactly
+    train("--data", str(release), "--fold", "0", "--out", str(straight), *TINY)
+    for name in ("checkpoint.safetensors", "model.safetensors"):
+        resumed, direct = load_file(str(run / name)), load_file(str(straight / name))
+        assert resumed.keys() == direct.keys() and all(torch.equal(resumed[k], direct[k]) for k in direct), name
     log = (run / "train.log").read_text()
     assert "mF1" in log and "cancer_area_dice" in log
     member = load_member(run, "model")
@@ -133,8 +140,9 @@ def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
 def test_distributed_training_with_two_gloo_processes(release, tmp_path):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ocelot_algo")
     train("--data", str(release), "--fold", "0", "--out", str(tmp_path / "ddp"), "--device", "cpu", *TINY,
-          launcher=launcher)
+          launcher=launcher, env={**os.environ, "TMPDIR": str(tmp_path)})  # torchrun's own files stay in tmp_path
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "ddp" / "state.json").read_text())["processes"] == 2
 
 
 def test_arguments_that_cannot_train_are_refused(capsys):

@@ -136,7 +136,7 @@ def test_invalid_member_config(weights, config, problem):
 
 def test_explicit_weights_folder_wins(tmp_path):
     assert resolve_weights_dir(tmp_path) == tmp_path
-    assert resolve_weights_dir(None).name in ("weights", "model")
+    assert resolve_weights_dir(None, model_dir=tmp_path / "no-upload") == BUNDLED_DIR  # nothing uploaded: bundled
 
 
 def test_uploaded_model_folder_is_used_when_it_has_a_manifest(tmp_path):
