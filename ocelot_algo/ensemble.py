@@ -98,15 +98,14 @@ def _run_config(run: Path) -> tuple[ModelConfig, str]:
         raise RunError(f"{path}: not a member config with info.val_tta ({error!r})") from None
 
 
-def _check_same_grids(runs: list[Path]) -> None:
+def _check_same_grids(runs: list[Path], configs: dict[Path, ModelConfig]) -> None:
     """Runs averaged together (one fold's, or members of one weights folder) must predict on the same grids."""
     sizes = {}
     for run in runs:
-        config, _ = _run_config(run)
-        sizes.setdefault((config.cell_size, config.tissue_size), []).append(str(run))
+        sizes.setdefault((configs[run].cell_size, configs[run].tissue_size), []).append(str(run))
     if len(sizes) > 1:
-        raise RunError("the runs were trained at different --cell-size / --tissue-size: "
-                       + "; ".join(f"{cell}/{tissue} ({', '.join(names)})" for (cell, tissue), names in sorted(sizes.items())))
+        groups = [f"{cell}/{tissue} ({', '.join(names)})" for (cell, tissue), names in sorted(sizes.items())]
+        raise RunError("the runs were trained at different --cell-size / --tissue-size: " + "; ".join(groups))
 
 
 def check_runs(runs: list[Path], members: list[Path], compare_runs: list[Path] = ()) -> str:
@@ -117,11 +116,12 @@ def check_runs(runs: list[Path], members: list[Path], compare_runs: list[Path] =
     missing = [path for path in needed + [run / "model.safetensors" for run in members] if not path.is_file()]
     if missing:
         raise RunError(f"{missing[0]}: file not found")
+    configs = {run: _run_config(run) for run in [*runs, *compare_runs]}
     for group in (runs, compare_runs):
-        _check_same_grids(list(group))
+        _check_same_grids(list(group), {run: config for run, (config, _) in configs.items()})
     runs_by_tta: dict[str, list[str]] = {}
-    for run in [*runs, *compare_runs]:
-        runs_by_tta.setdefault(_run_config(run)[1], []).append(str(run))
+    for run, (_, tta) in configs.items():
+        runs_by_tta.setdefault(tta, []).append(str(run))
     if len(runs_by_tta) > 1:
         raise RunError("the runs' validation maps were made with different --tta: "
                        + "; ".join(f"{tta} ({', '.join(names)})" for tta, names in sorted(runs_by_tta.items())))

@@ -51,11 +51,11 @@ def predict(input_dir: str | Path, output_dir: str | Path, *, weights: str | Pat
         writer = PointsWriter(output_dir, inputs.layout, inputs.pair_names)
         weights_dir = resolve_weights_dir(weights)
         ensemble = load_ensemble(weights_dir, device, members)
+        tta = tta or ensemble.tta
         predictor = Predictor.from_ensemble(ensemble, device, tta)
-        log.info("weights %s: %s, tta %s (%d views), %s", weights_dir, ", ".join(ensemble.names),
-                 tta or ensemble.tta, len(predictor.views),
-                 "trained" if ensemble.manifest.get("trained") else "UNTRAINED (placeholder weights)")
-        report = RunReport(device=str(device), tta=tta or ensemble.tta, startup_s=time.perf_counter() - started)
+        log.info("weights %s: %s, tta %s (%d views), %s", weights_dir, ", ".join(ensemble.names), tta,
+                 len(predictor.views), "trained" if ensemble.manifest.get("trained") else "UNTRAINED (placeholder weights)")
+        report = RunReport(device=str(device), tta=tta, startup_s=time.perf_counter() - started)
         _run_pairs(inputs, predictor, writer, report, progress)
     log.info("%d pairs, %d cells in %.1f s (%.2f s/pair) -> %s", report.pairs, report.cells, report.wall_s,
              report.wall_s / max(report.pairs, 1), report.output)

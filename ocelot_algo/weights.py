@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from .files import replace_atomically, write_atomic
 from .geometry import TTA_MODES
@@ -76,14 +76,6 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_member(directory: Path, name: str, device: torch.device | str = "cpu", sha256: str | None = None
                 ) -> CellTissueNet:
     """Rebuilds the member from its config and loads its tensors strictly (every key, every shape, finite values;
@@ -98,11 +90,15 @@ def load_member(directory: Path, name: str, device: torch.device | str = "cpu", 
         raise WeightsError(f"{config_path}: invalid model config ({error})") from None
     if not tensor_path.is_file():
         raise WeightsError(f"{tensor_path}: file not found")
-    if sha256 is not None and file_sha256(tensor_path) != sha256:
+    try:
+        data = tensor_path.read_bytes()  # read once: hashed, then parsed
+    except OSError as error:
+        raise WeightsError(f"{tensor_path}: unreadable ({error.strerror})") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise WeightsError(f"{tensor_path}: damaged or replaced (its sha256 is not the one in {MANIFEST})")
     try:
-        state = load_file(str(tensor_path), device=str(device))
-    except (SafetensorError, OSError, ValueError) as error:
+        state = load(data)
+    except (SafetensorError, ValueError) as error:
         raise WeightsError(f"{tensor_path}: corrupt or unreadable safetensors file ({error})") from None
     not_finite = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
     if not_finite:
@@ -122,7 +118,8 @@ def load_member(directory: Path, name: str, device: torch.device | str = "cpu", 
 def write_manifest(directory: Path, members: list[str], *, tta: str, tissue_fusion: str, postprocess: PostProcess,
                    trained: bool, **extra) -> None:
     """The members (already written to `directory`) with the settings they are run with and their sha256."""
-    sha256 = {name: file_sha256(Path(directory) / f"{name}.safetensors") for name in members}
+    sha256 = {name: hashlib.sha256((Path(directory) / f"{name}.safetensors").read_bytes()).hexdigest()
+              for name in members}
     write_json(Path(directory) / MANIFEST, {
         "format": FORMAT, "trained": trained, "members": members, "tta": tta, "tissue_fusion": tissue_fusion,
         "postprocess": postprocess.to_dict(), **extra, "sha256": sha256})
