@@ -113,7 +113,7 @@ SLOW_RUN_MINUTES = 15  # Grand-Challenge's jobs have a time limit (20 min by def
 
 
 def warn_if_slow(first_pair_s: float, pairs: int) -> None:
-    """Said after the first pair, not found out at the time limit: the full ensemble on a CPU takes ~40 s a pair."""
+    """Said after the first pair, not found out at the time limit: the full ensemble on a CPU takes ~30 s a pair."""
     minutes = first_pair_s * pairs / 60
     if minutes > SLOW_RUN_MINUTES:
         log.warning("on the CPU this run will take about %.0f min (%d pairs, %.0f s for the first); a GPU, or fewer "
