@@ -98,11 +98,11 @@ def _run_config(run: Path) -> tuple[ModelConfig, str]:
         raise RunError(f"{path}: not a member config with info.val_tta ({error!r})") from None
 
 
-def _check_same_grids(runs: list[Path], configs: dict[Path, ModelConfig]) -> None:
+def _check_same_grids(configs: dict[Path, ModelConfig]) -> None:
     """Runs averaged together (one fold's, or members of one weights folder) must predict on the same grids."""
     sizes = {}
-    for run in runs:
-        sizes.setdefault((configs[run].cell_size, configs[run].tissue_size), []).append(str(run))
+    for run, config in configs.items():
+        sizes.setdefault((config.cell_size, config.tissue_size), []).append(str(run))
     if len(sizes) > 1:
         groups = [f"{cell}/{tissue} ({', '.join(names)})" for (cell, tissue), names in sorted(sizes.items())]
         raise RunError("the runs were trained at different --cell-size / --tissue-size: " + "; ".join(groups))
@@ -118,7 +118,7 @@ def check_runs(runs: list[Path], members: list[Path], compare_runs: list[Path] =
         raise RunError(f"{missing[0]}: file not found")
     configs = {run: _run_config(run) for run in [*runs, *compare_runs]}
     for group in (runs, compare_runs):
-        _check_same_grids(list(group), {run: config for run, (config, _) in configs.items()})
+        _check_same_grids({run: configs[run][0] for run in group})
     runs_by_tta: dict[str, list[str]] = {}
     for run, (_, tta) in configs.items():
         runs_by_tta.setdefault(tta, []).append(str(run))

@@ -1,4 +1,5 @@
-"""Writing files so that a reader never sees half of one: write temporary files beside them, then rename."""
+"""Writing files so that a reader never sees half of one (write temporary files beside them, then rename), and
+the type checks of values read back from JSON files."""
 from __future__ import annotations
 
 import os
@@ -47,3 +48,13 @@ def replace_atomically(path: str | Path, write: Writer) -> None:
 
 def write_atomic(path: str | Path, data: bytes | str) -> None:
     replace_atomically(path, lambda temp: temp.write_bytes(data.encode() if isinstance(data, str) else data))
+
+
+def is_int(value: object) -> bool:
+    """An integer as JSON gives one; a bool is not one, though Python counts it as an int."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """An integer or a float (numpy's float64 included), not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 import tifffile
 
+from .files import is_number
 from .geometry import PATCH_SIZE, Box, cell_box_in_tissue
 
 log = logging.getLogger("ocelot_algo")
@@ -524,7 +525,7 @@ def _number(entry: dict, dotted: str, where: str, required: bool) -> None:
             raise InputError(f"{where}: missing '{dotted}'")
         return
     value = holder[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise InputError(f"{where}: '{dotted}' must be a number, not {value!r}")
     if not math.isfinite(value):
         raise InputError(f"{where}: '{dotted}' must be finite, not {value}")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .files import is_int
 from .geometry import crop_to_cell
 
 INJECTIONS = ("none", "input", "features", "both")
@@ -43,11 +44,11 @@ class ModelConfig:
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; known: {sorted(ENCODERS)}")
         for size in (self.cell_size, self.tissue_size):
-            if not _is_int(size) or size % 32 or not 32 <= size <= 1024:
+            if not is_int(size) or size % 32 or not 32 <= size <= 1024:
                 raise ValueError(f"patch sizes must be multiples of 32 in 32..1024, not {size!r}")
         for decoder in (self.cell_decoder, self.tissue_decoder):
             if not (isinstance(decoder, (list, tuple)) and 1 <= len(decoder) <= 5
-                    and all(_is_int(c) and c >= 1 for c in decoder)):
+                    and all(is_int(c) and c >= 1 for c in decoder)):
                 raise ValueError(f"a decoder is 1..5 positive channel counts (one per encoder stage), not {decoder!r}")
         self.cell_decoder = tuple(self.cell_decoder)
         self.tissue_decoder = tuple(self.tissue_decoder)
@@ -66,10 +67,6 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**data)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # ----------------------------------------------------------------------------------------------- encoder

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli import HelpFormatter
-from .files import Writer, write_all_or_nothing
+from .files import Writer, is_int, write_all_or_nothing
 from .geometry import PATCH_SIZE
 
 OUTPUT_NAME = "cell_classification.json"
@@ -185,7 +185,7 @@ def _version_problems(version: object) -> list[str]:
     if set(version) != {"major", "minor"}:
         problems.append(f"'version' must have exactly the keys major, minor, not {sorted(version)}")
     for key in ("major", "minor"):
-        if key in version and not (_is_int(version[key]) and version[key] >= 0):
+        if key in version and not (is_int(version[key]) and version[key] >= 0):
             problems.append(f"'version.{key}' must be an integer >= 0, not {version[key]!r}")
     return problems
 
@@ -214,9 +214,9 @@ def _point_problems(point: object, pair_count: int | None) -> tuple[list[str], i
             problems.append(f"point must be a list [x, y, class], not {xyc!r}")
         else:
             for axis, value in zip("xy", xyc[:2]):
-                if not (_is_int(value) and 0 <= value < PATCH_SIZE):
+                if not (is_int(value) and 0 <= value < PATCH_SIZE):
                     problems.append(f"{axis} must be an integer in 0..{PATCH_SIZE - 1}, not {value!r}")
-            if not (_is_int(xyc[2]) and xyc[2] in CLASSES):
+            if not (is_int(xyc[2]) and xyc[2] in CLASSES):
                 problems.append(f"class must be the integer 1 or 2, not {xyc[2]!r}")
     if "probability" in point:
         p = point["probability"]
@@ -224,10 +224,6 @@ def _point_problems(point: object, pair_count: int | None) -> tuple[list[str], i
             why = " (NaN/Infinity, which GC reads as null)" if type(p) is float and not math.isfinite(p) else ""
             problems.append(f"probability must be a float in [0, 1], not {p!r}{why}")
     return problems, pair
-
-
-def _is_int(value: object) -> bool:
-    return type(value) is int  # bool and float are not (the evaluator uses `type(v) is int`)
 
 
 def _json_type(value: object) -> str:

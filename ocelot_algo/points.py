@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from .files import is_int, is_number
 from .geometry import PATCH_SIZE
 
 
@@ -26,9 +27,9 @@ class PostProcess:
         """Checked here, as they are read from a manifest: a bad value must fail at load, not after the first pair."""
         numbers = {name: getattr(self, name) for name in ("sigma", "threshold", "tissue_weight", "tumour_bias")}
         for name, value in numbers.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            if not (is_number(value) and np.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number, not {value!r}")
-        if isinstance(self.min_distance, bool) or not isinstance(self.min_distance, int) or self.min_distance < 1:
+        if not (is_int(self.min_distance) and self.min_distance >= 1):
             raise ValueError(f"min_distance must be an integer >= 1, not {self.min_distance!r}")
         if self.sigma < 0 or not 0 <= self.threshold < 1:
             raise ValueError(f"sigma must be >= 0 and threshold in [0, 1), not {self.sigma!r} and {self.threshold!r}")

@@ -30,6 +30,7 @@ from .cli import HelpFormatter
 from .evaluation import BG, CA, UNKNOWN
 from .files import write_atomic
 from .geometry import PATCH_SIZE, cell_box_in_tissue
+from .output import DOCUMENT_TYPE, VERSION
 
 TISSUE_MPP = 0.7778  # nominal resized mpp of the release's tissue patches
 CELL_FRACTION = 0.25  # cell field of view / tissue field of view, per side
@@ -383,7 +384,7 @@ def write_truth(path: str | Path, pairs: int, seed: int) -> Path:
     container's output on the sample with it."""
     points = [{"name": f"image_{i}", "point": [int(x), int(y), int(c)]}
               for i in range(pairs) for x, y, c in cell_annotations(pair_scene(seed, i))]
-    document = {"type": "Multiple points", "points": points, "num_images": pairs, "version": {"major": 1, "minor": 0}}
+    document = {"type": DOCUMENT_TYPE, "points": points, "num_images": pairs, "version": dict(VERSION)}
     write_atomic(path, json.dumps(document, indent=1) + "\n")
     return Path(path)
 
