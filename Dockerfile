@@ -17,9 +17,12 @@ RUN useradd --create-home --uid 1001 --user-group user
 
 WORKDIR /opt/app
 
-# requirements.txt pins everything except torch, whose range the base image already satisfies (so no torch download).
+# requirements.txt pins everything except torch, whose range the base image already satisfies. torch is held to the
+# base image's build (a constraint), so pip picks the torchvision smp needs for that torch instead of replacing it.
 COPY requirements.txt /opt/app/
-RUN python -m pip install --no-cache-dir -r requirements.txt \
+RUN python -c "import torch; print('torch==' + torch.__version__)" > /tmp/keep-torch.txt \
+ && python -m pip install --no-cache-dir -c /tmp/keep-torch.txt -r requirements.txt \
+ && rm /tmp/keep-torch.txt \
  && python -c "import sys, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda); \
 sys.exit(None if (torch.version.cuda or '').startswith('12.') else 'the base image must bring a CUDA 12 build of torch (see above)')"
 

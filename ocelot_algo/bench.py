@@ -2,7 +2,7 @@
 
 Generates a synthetic Grand-Challenge input of --pairs pairs (in a child process, so its memory is not
 counted), runs the real pipeline on it and prints JSON: per-pair time of each stage, the share of wall time
-spent inside forward passes, import and start-up time, peak resident memory and the device.
+spent inside forward passes, import and start-up time (and their sum, the wait before the first pair), peak resident memory and the device.
 """
 from __future__ import annotations
 
@@ -89,6 +89,7 @@ def _bench(args: argparse.Namespace) -> None:
         "members": args.members or "all",
         "import_s": round(import_s, 2),
         "startup_s": round(report.startup_s, 2),
+        "ready_s": round(import_s + report.startup_s, 2),  # before the first pair: imports, inputs, weights
         "wall_s": round(report.wall_s, 2),
         "wall_per_pair_s": round(report.wall_s / n, 3),
         "forward_share_of_wall": round(forward / report.wall_s, 3) if report.wall_s else None,

@@ -1,19 +1,18 @@
-"""The joint cell-tissue network, built from small swappable parts by `create_model(config)`.
+"""The joint cell-tissue network, built by `create_model(config)` from segmentation-models-pytorch (smp) parts.
 
-Two U-Nets on an EfficientNet-Lite0 encoder:
+Two smp segmentation networks (encoder -> decoder -> head), each chosen by name in the config:
 - the tissue branch segments the (down-sampled) tissue patch into background / cancer area;
 - the cell branch segments the cell patch into background / background cell / tumour cell, and receives the
   tissue branch's probabilities, cropped to the cell field of view (see `geometry.crop_to_cell`), either as
   extra input channels ("input"), added to its encoder features ("features"), or both.
   "none" is the cell-only ablation: no tissue branch at all.
 
-Only plain torch is imported here, so the entrypoint starts fast (segmentation_models_pytorch pulls in
-timm and torchvision, ~4 s of imports on a 2-core machine). The encoder reproduces timm's
-`tf_efficientnet_lite0` exactly (tested), so its ImageNet weights load unchanged.
+smp is imported only when a network is built: it pulls in timm and torchvision (seconds of imports on a 2-core
+machine), which `--help` and input validation do not need.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -25,33 +24,47 @@ from .geometry import crop_to_cell
 INJECTIONS = ("none", "input", "features", "both")
 TISSUE_CLASSES = ("background", "cancer_area")
 CELL_CLASSES = ("background", "background_cell", "tumour_cell")
+# The encoder of configs written before the networks came from smp (a hand-written Lite0 U-Net): the same
+# network as smp's timm Lite0 and U-Net decoder, so such configs are read as that (tensors: see weights.py).
+HAND_WRITTEN_ENCODER = "efficientnet_lite0"
 
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a member; saved as JSON beside its weights."""
+    """Everything needed to rebuild a member; saved as JSON beside its weights.
+
+    `arch` and `encoder` are smp names (`smp.create_model`; "tu-<name>" is any timm encoder). The decoders are
+    keyword arguments of that architecture. A U-Net given fewer `decoder_channels` than `encoder_depth` keeps only
+    that many decoder blocks: the shipped 4 of 5 stop at stride 2, ~40% cheaper to train and still 4x finer than
+    the 15 px hit radius (the head's output is resized to the input, as for every architecture)."""
 
     injection: str = "input"
     cell_size: int = 512  # cell patch side after resizing (1024 px at ~0.2 um/px -> ~0.39 um/px)
     tissue_size: int = 256  # tissue patch side after resizing (1024 px at ~0.8 um/px -> ~3.1 um/px)
-    encoder: str = "efficientnet_lite0"
-    cell_decoder: tuple[int, ...] = (128, 64, 48, 32)  # 4 blocks: predicts at stride 2, upsampled (see UnetDecoder)
-    tissue_decoder: tuple[int, ...] = (96, 48, 32, 24)
+    arch: str = "unet"
+    encoder: str = "tu-tf_efficientnet_lite0"
+    encoder_depth: int = 5
+    cell_decoder: dict = field(default_factory=lambda: {"decoder_channels": [128, 64, 48, 32]})
+    tissue_decoder: dict = field(default_factory=lambda: {"decoder_channels": [96, 48, 32, 24]})
 
     def __post_init__(self):
         if self.injection not in INJECTIONS:
             raise ValueError(f"injection must be one of {INJECTIONS}, not {self.injection!r}")
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {self.encoder!r}; known: {sorted(ENCODERS)}")
         for size in (self.cell_size, self.tissue_size):
             if not is_int(size) or size % 32 or not 32 <= size <= 1024:
                 raise ValueError(f"patch sizes must be multiples of 32 in 32..1024, not {size!r}")
+        for name in ("arch", "encoder"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be an smp name, not {getattr(self, name)!r}")
+        if not is_int(self.encoder_depth) or not 1 <= self.encoder_depth <= 5:
+            raise ValueError(f"encoder_depth must be 1..5, not {self.encoder_depth!r}")
         for decoder in (self.cell_decoder, self.tissue_decoder):
-            if not (isinstance(decoder, (list, tuple)) and 1 <= len(decoder) <= 5
-                    and all(is_int(c) and c >= 1 for c in decoder)):
-                raise ValueError(f"a decoder is 1..5 positive channel counts (one per encoder stage), not {decoder!r}")
-        self.cell_decoder = tuple(self.cell_decoder)
-        self.tissue_decoder = tuple(self.tissue_decoder)
+            if not isinstance(decoder, dict) or not all(isinstance(k, str) for k in decoder):
+                raise ValueError(f"a decoder is a dict of smp keyword arguments, not {decoder!r}")
+            channels = decoder.get("decoder_channels", [1])
+            if not (isinstance(channels, (list, tuple)) and 1 <= len(channels) <= self.encoder_depth
+                    and all(is_int(c) and c >= 1 for c in channels)):
+                raise ValueError(f"decoder_channels must be 1..encoder_depth positive channel counts, not {channels!r}")
 
     @property
     def uses_tissue(self) -> bool:
@@ -62,6 +75,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        if data.get("encoder") == HAND_WRITTEN_ENCODER:
+            decoders = {k: {"decoder_channels": data[k]} for k in ("cell_decoder", "tissue_decoder") if k in data}
+            data = {**data, **decoders, "arch": "unet", "encoder": "tu-tf_efficientnet_lite0", "encoder_depth": 5}
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -69,145 +85,53 @@ class ModelConfig:
         return cls(**data)
 
 
-# ----------------------------------------------------------------------------------------------- encoder
+def _smp_network(config: ModelConfig, in_channels: int, classes: int, decoder: dict) -> nn.Module:
+    """`smp.create_model` with no download (encoder_weights=None); a short U-Net is smp's U-Net with its last
+    decoder blocks dropped and its head moved up to the last kept block."""
+    import segmentation_models_pytorch as smp
+    from segmentation_models_pytorch.base import SegmentationHead
+    from segmentation_models_pytorch.base.initialization import initialize_head
+
+    kwargs = dict(decoder)
+    channels = list(kwargs.get("decoder_channels", ()))
+    short_unet = config.arch.lower() == "unet" and 0 < len(channels) < config.encoder_depth
+    if short_unet:  # build the full-depth U-Net, then cut it
+        kwargs["decoder_channels"] = channels + channels[-1:] * (config.encoder_depth - len(channels))
+    try:
+        net = smp.create_model(config.arch, encoder_name=config.encoder, encoder_depth=config.encoder_depth,
+                               encoder_weights=None, in_channels=in_channels, classes=classes, **kwargs)
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"smp cannot build {config.arch!r} on encoder {config.encoder!r} with {decoder}: "
+                         f"{message}") from None
+    if short_unet:
+        net.decoder.blocks = net.decoder.blocks[: len(channels)]
+        net.segmentation_head = SegmentationHead(channels[-1], classes, kernel_size=3)
+        initialize_head(net.segmentation_head)
+    return net
 
 
-def _tf_same_pad(kernel: int, stride: int) -> tuple[int, int, int, int]:
-    """TensorFlow 'SAME' padding for inputs whose size is a multiple of the stride (always the case here)."""
-    total = max(kernel - stride, 0)
-    before, after = total // 2, total - total // 2
-    return (before, after, before, after)
+class Branch(nn.Module):
+    """One smp network's encoder, decoder and head; the logits are resized to the input. With `context_channels`
+    a context map (the tissue probabilities) is projected and added to every encoder feature ("features")."""
 
-
-class _SameConv(nn.Conv2d):
-    """A bias-free convolution with TF 'SAME' padding, as the Lite0 ImageNet weights were trained with."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1):
-        super().__init__(cin, cout, kernel, stride=stride, groups=groups, bias=False)
-        self.pad = _tf_same_pad(kernel, stride)
-
-    def forward(self, x):
-        return super().forward(F.pad(x, self.pad))
-
-
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
-
-
-class _MBConv(nn.Module):
-    """Inverted residual block of EfficientNet-Lite (ReLU6, no squeeze-excitation).
-
-    Attribute names follow the ImageNet checkpoint (`_blocks.N._expand_conv` ...) minus underscores."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+    def __init__(self, config: ModelConfig, in_channels: int, classes: int, decoder: dict, context_channels: int = 0):
         super().__init__()
-        mid = cin * expand
-        if expand != 1:
-            self.expand_conv, self.bn0 = _SameConv(cin, mid, 1), _bn(mid)
-        self.depthwise_conv, self.bn1 = _SameConv(mid, mid, kernel, stride, groups=mid), _bn(mid)
-        self.project_conv, self.bn2 = _SameConv(mid, cout, 1), _bn(cout)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x):
-        y = x
-        if hasattr(self, "expand_conv"):
-            y = F.relu6(self.bn0(self.expand_conv(y)))
-        y = F.relu6(self.bn1(self.depthwise_conv(y)))
-        y = self.bn2(self.project_conv(y))
-        return x + y if self.residual else y
-
-
-# (kernel, stride, expansion, output channels, repeats) per stage of EfficientNet-Lite0
-_LITE0_STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
-                 (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
-
-
-class EfficientNetLite0Encoder(nn.Module):
-    """Features at strides 2, 4, 8, 16, 32 (16, 24, 40, 112, 320 channels)."""
-
-    out_channels = (16, 24, 40, 112, 320)
-
-    def __init__(self, in_channels: int = 3):
-        super().__init__()
-        self.conv_stem, self.bn0 = _SameConv(in_channels, 32, 3, 2), _bn(32)
-        blocks, cin, self.feature_blocks = [], 32, []
-        for kernel, stride, expand, cout, repeats in _LITE0_STAGES:
-            for i in range(repeats):
-                blocks.append(_MBConv(cin, cout, kernel, stride if i == 0 else 1, expand))
-                cin = cout
-            if cout in self.out_channels:
-                self.feature_blocks.append(len(blocks) - 1)
-        self.blocks = nn.ModuleList(blocks)
-
-    def forward(self, x) -> list[torch.Tensor]:
-        x = F.relu6(self.bn0(self.conv_stem(x)))
-        features = []
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            if index in self.feature_blocks:
-                features.append(x)
-        return features
-
-
-ENCODERS = {"efficientnet_lite0": EfficientNetLite0Encoder}
-
-
-# ----------------------------------------------------------------------------------------------- decoder
-
-
-def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-class UnetDecoder(nn.Module):
-    """Upsample x2, concatenate the skip feature, two 3x3 conv-BN-ReLU.
-
-    With one block per encoder stage (5) the output has full resolution; with 4 it stops at stride 2, which
-    costs ~40% less to train and is still 4x finer than the 15 px matching radius."""
-
-    def __init__(self, encoder_channels: tuple[int, ...], channels: tuple[int, ...]):
-        super().__init__()
-        if not 1 <= len(channels) <= len(encoder_channels):
-            raise ValueError(f"decoder needs 1..{len(encoder_channels)} channel counts, got {channels}")
-        skips = (list(encoder_channels[-2::-1]) + [0])[: len(channels)]
-        cin = encoder_channels[-1]
-        self.blocks = nn.ModuleList()
-        for skip, cout in zip(skips, channels):
-            self.blocks.append(nn.Sequential(_conv_bn_relu(cin + skip, cout), _conv_bn_relu(cout, cout)))
-            cin = cout
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        skips = (features[-2::-1] + [None])[: len(self.blocks)]
-        x = features[-1]
-        for block, skip in zip(self.blocks, skips):
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            if skip is not None:
-                x = torch.cat([x, skip], dim=1)
-            x = block(x)
-        return x
-
-
-# ----------------------------------------------------------------------------------------------- networks
-
-
-class SegmentationUnet(nn.Module):
-    """Encoder + U-Net decoder + 3x3 head. Optionally adds a projected context map to every encoder feature."""
-
-    def __init__(self, encoder: str, in_channels: int, classes: int, decoder: tuple[int, ...], context_channels: int = 0):
-        super().__init__()
-        self.encoder = ENCODERS[encoder](in_channels)
-        self.decoder = UnetDecoder(self.encoder.out_channels, decoder)
-        self.head = nn.Conv2d(decoder[-1], classes, 3, padding=1)
-        self.context = nn.ModuleList(nn.Conv2d(context_channels, c, 1) for c in self.encoder.out_channels) \
+        net = _smp_network(config, in_channels, classes, decoder)
+        self.encoder, self.decoder, self.head = net.encoder, net.decoder, net.segmentation_head
+        # feature 0 is the input itself (smp's stride-1 entry); transformer encoders have an empty stride-2 one
+        self.context = nn.ModuleList(nn.Conv2d(context_channels, c, 1) for c in self.encoder.out_channels[1:] if c) \
             if context_channels else None
         for conv in self.context or ():
-            nn.init.zeros_(conv.weight)  # start as the plain U-Net; training learns how much context to use
+            nn.init.zeros_(conv.weight)  # start as the plain network; training learns how much context to use
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         features = self.encoder(x)
         if self.context is not None:
-            features = [f + proj(F.adaptive_avg_pool2d(context, f.shape[-2:])) for f, proj in zip(features, self.context)]
+            projections = iter(self.context)
+            features = features[:1] + [f + next(projections)(F.adaptive_avg_pool2d(context, f.shape[-2:]))
+                                       if f.shape[1] else f for f in features[1:]]
         logits = self.head(self.decoder(features))
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -215,7 +139,7 @@ class SegmentationUnet(nn.Module):
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """0..255 RGB -> the [-1, 1] range the Lite0 ImageNet weights expect."""
+    """0..255 RGB -> the [-1, 1] range the EfficientNet-Lite ImageNet weights expect."""
     return (images - 127.5) / 127.5
 
 
@@ -226,10 +150,10 @@ class CellTissueNet(nn.Module):
         super().__init__()
         self.config = config
         tissue_channels = len(TISSUE_CLASSES)
-        self.tissue = SegmentationUnet(config.encoder, 3, tissue_channels, config.tissue_decoder) \
+        self.tissue = Branch(config, 3, tissue_channels, config.tissue_decoder) \
             if config.uses_tissue else None
-        self.cell = SegmentationUnet(
-            config.encoder,
+        self.cell = Branch(
+            config,
             3 + (tissue_channels if config.injection in ("input", "both") else 0),
             len(CELL_CLASSES),
             config.cell_decoder,

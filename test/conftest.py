@@ -36,12 +36,12 @@ def make_weights(directory: Path, injections=("input",), tta="none", seed=0, **c
                     module.running_mean.normal_(0, 0.1)
                     module.running_var.uniform_(0.5, 1.5)
             # the tissue paths into the cell branch start at zero for training; make them matter here
-            torch.nn.init.normal_(model.cell.encoder.conv_stem.weight[:, 3:], std=0.5)
+            torch.nn.init.normal_(model.cell.encoder.model.conv_stem.weight[:, 3:], std=0.5)
             for conv in model.cell.context or ():
                 torch.nn.init.normal_(conv.weight, std=0.5)
             for branch in (model.cell, model.tissue):  # decisive outputs, as a trained model's, not ~uniform ones
                 if branch is not None:
-                    branch.head.weight.mul_(30)
+                    branch.head[0].weight.mul_(30)
         names.append(f"member{i}")
         save_member(directory, names[-1], model, {"note": "untrained, for tests"})
     write_manifest(directory, names, tta=tta, tissue_fusion="mean", postprocess=PostProcess(threshold=0.2), trained=False)

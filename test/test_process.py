@@ -171,6 +171,7 @@ def test_bench_reports_every_stage(random_weights, tmp_path):
     assert {"read", "tissue_forward", "cell_forward", "tta_ensemble", "points", "write"} <= set(report["stage_per_pair_s"])
     assert 0 < report["forward_share_of_wall"] <= 1
     assert report["gflop_per_pair"] > 0
+    assert report["ready_s"] == pytest.approx(report["import_s"] + report["startup_s"], abs=0.02) and report["import_s"] > 0
 
 
 def test_bench_counts_arithmetic_per_member_and_view(tmp_path):

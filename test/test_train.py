@@ -145,6 +145,17 @@ def test_distributed_training_with_two_gloo_processes(release, tmp_path):
     assert json.loads((tmp_path / "ddp" / "state.json").read_text())["processes"] == 2
 
 
+def test_another_smp_network_from_random_weights_trains_exports_and_loads(release, tmp_path):
+    """Any smp architecture and encoder is one setting away; the member's config rebuilds it."""
+    run = tmp_path / "fpn"
+    train("--data", str(release), "--fold", "0", "--out", str(run), "--arch", "fpn", "--encoder", "resnet18",
+          "--init", "random", "--cell-decoder", '{"decoder_segmentation_channels": 32}', *TINY_CELL_ONLY)
+    member = load_member(run, "model")
+    assert (member.config.arch, member.config.encoder) == ("fpn", "resnet18")
+    assert member.config.cell_decoder == {"decoder_segmentation_channels": 32} and member.config.tissue_decoder == {}
+    assert type(member.cell.decoder).__name__ == "FPNDecoder"
+
+
 def test_arguments_that_cannot_train_are_refused(capsys):
     from ocelot_algo.train import parse_args
 
@@ -153,7 +164,13 @@ def test_arguments_that_cannot_train_are_refused(capsys):
                      (["--injection", "none", "--tissue-steps", "10"], "--injection none has not"),
                      (["--tta", "all4"], "invalid choice"), (["--eval-every", "0"], "--eval-every must be at least 1"),
                      (["--crop", "100"], "--crop must be a multiple of 32"),
-                     (["--cell-size", "100"], "patch sizes must be multiples of 32")):
+                     (["--cell-size", "100"], "patch sizes must be multiples of 32"),
+                     (["--encoder", "resnet34"], "--encoder resnet34 has no offline ImageNet weights"),
+                     (["--encoder", "no-such-net", "--init", "random"], "smp cannot build 'unet' on encoder"),
+                     (["--arch", "fpn", "--cell-decoder", "[1, 2]"], "must be a JSON object"),
+                     (["--arch", "fpn", "--cell-decoder", "{oops"], "not JSON"),
+                     (["--arch", "fpn", "--cell-decoder", '{"decoder_channels": [8]}', "--init", "random"],
+                      "smp cannot build 'fpn'")):
         with pytest.raises(SystemExit):
             parse_args(["--data", "d", "--fold", "0", "--out", "o", *bad])
         assert why in capsys.readouterr().err
