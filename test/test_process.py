@@ -260,3 +260,17 @@ def test_a_run_too_long_for_the_cpu_is_announced_after_its_first_pair(caplog):
         assert caplog.text == ""
         warn_if_slow(40.0, 137)  # a Grand-Challenge phase on the CPU
     assert "on the CPU this run will take about 91 min (137 pairs, 40 s for the first)" in caplog.text
+
+
+def test_gpu_check_without_a_gpu_says_so_and_does_nothing(tmp_path):
+    """test/gpu-check.sh is for a machine with a GPU; elsewhere one line, exit 3, nothing written."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: run test/gpu-check.sh itself")
+    result = subprocess.run(["bash", str(ROOT / "test" / "gpu-check.sh")], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}, timeout=120)
+    assert result.returncode == 3 and result.stdout.count("\n") == 1 and "no CUDA GPU" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+    usage = subprocess.run(["bash", str(ROOT / "test" / "gpu-check.sh"), "--what"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
