@@ -2,6 +2,7 @@
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
