@@ -1,17 +1,72 @@
 #!/usr/bin/env bash
 # Build a local stand-in for the upstream PyTorch runtime base image, for machines that cannot reach Docker Hub:
-# Debian bookworm from Debian's mirror (debootstrap) + a Python venv at /opt/conda (where pytorch/pytorch keeps its
-# Python, so `python`/`pip` resolve the same way) + the CUDA 12.8 build of torch from PyPI.
+# Debian bookworm by debootstrap from the Debian mirror this machine's apt already uses + a Python venv at
+# /opt/conda (where pytorch/pytorch keeps its Python, so `python`/`pip` resolve the same way) + the CUDA 12.8 build
+# of torch from PyPI.
 # Prints the image tag as the only line on stdout (progress goes to stderr), so callers can do
-# base="$(docker/local-base.sh)". Reuses an existing image unless --force is given.
+# base="$(docker/local-base.sh)". Reuses an existing image unless --force is given. --print-mirror prints the
+# Debian mirror it would use and exits.
 set -euo pipefail
 
-usage() { echo "usage: $0 [--force]   (env: LOCAL_BASE_TAG, DEBIAN_MIRROR)" >&2; exit 2; }
+usage() { echo "usage: $0 [--force | --print-mirror]   (env: LOCAL_BASE_TAG, DEBIAN_MIRROR, APT_ETC)" >&2; exit 2; }
 
 TORCH_VERSION=2.9.1
 TAG="${LOCAL_BASE_TAG:-ocelot-local-base:bookworm-torch${TORCH_VERSION}}"
 ROOTFS_TAG="${TAG%%:*}:bookworm-rootfs"
-MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+APT_ETC="${APT_ETC:-/etc/apt}"
+
+# The first http(s) URI of an enabled `deb` source whose path has a `debian` component (a Debian archive, not
+# debian-security nor another distribution's), from deb822 files (sources.list.d/*.sources: `URIs:` of a stanza
+# with `Types: deb`) and one-line files (sources.list, sources.list.d/*.list: `deb [options] URI suite ...`).
+apt_debian_mirror() {
+  local etc="$1" file files=()
+  for file in "$etc"/sources.list.d/*.sources "$etc"/sources.list "$etc"/sources.list.d/*.list; do
+    [[ -f "$file" && -r "$file" ]] && files+=("$file")
+  done
+  ((${#files[@]})) || return 0
+  awk '
+    function debian(uri) { return uri ~ /^https?:\/\/[^\/]+(\/[^\/]+)*\/debian(\/.*)?$/ }
+    function flush() {
+      if (types ~ /(^| )deb( |$)/ && enabled !~ /^(no|false)$/)
+        for (i = 1; i <= n; i++) if (debian(uris[i])) { print uris[i]; found = 1; exit }
+      types = ""; enabled = ""; n = 0
+    }
+    FNR == 1 { flush() }
+    FILENAME ~ /\.sources$/ {
+      if ($0 ~ /^[ \t]*$/) { flush(); next }  # a blank line ends a stanza; a comment line does not
+      line = $0; sub(/#.*/, "", line)
+      if (line ~ /^[ \t]*$/) next
+      key = tolower(line); sub(/:.*/, "", key)
+      value = line; sub(/^[^:]*:[ \t]*/, "", value); gsub(/[ \t]+$/, "", value)
+      if (key == "types") types = value
+      else if (key == "enabled") enabled = tolower(value)
+      else if (key == "uris") n = split(value, uris, /[ \t]+/)
+      next
+    }
+    {
+      line = $0; sub(/#.*/, "", line)
+      nf = split(line, f, /[ \t]+/)
+      j = (f[1] == "") ? 2 : 1
+      if (f[j] != "deb") next
+      j++
+      if (f[j] ~ /^\[/) { while (f[j] !~ /\]$/ && j < nf) j++; j++ }
+      if (debian(f[j])) { print f[j]; found = 1; exit }
+    }
+    END { if (!found) flush() }
+  ' "${files[@]}" | head -n 1
+}
+
+if [[ -n "${DEBIAN_MIRROR:-}" ]]; then
+  MIRROR="$DEBIAN_MIRROR"
+else
+  MIRROR="$(apt_debian_mirror "$APT_ETC")"
+  if [[ -z "$MIRROR" ]]; then
+    echo "local-base: no Debian mirror in $APT_ETC/sources.list.d/*.sources, $APT_ETC/sources.list or" \
+      "$APT_ETC/sources.list.d/*.list (a 'deb' source whose URL path has a 'debian' component);" \
+      "set DEBIAN_MIRROR to a Debian archive URL" >&2
+    exit 1
+  fi
+fi
 # The host's CA bundle goes into the image: it is what makes HTTPS to PyPI verify on this machine.
 HOST_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
@@ -19,8 +74,10 @@ force=0
 case "${1:-}" in
   "") ;;
   --force) force=1 ;;
+  --print-mirror) echo "$MIRROR"; exit 0 ;;
   *) usage ;;
 esac
+echo "local-base: Debian mirror $MIRROR" >&2
 
 if [[ "$force" == 0 ]] && docker image inspect "$TAG" >/dev/null 2>&1; then
   echo "local-base: reusing existing image $TAG" >&2
