@@ -256,3 +256,21 @@ def test_real_annotated_tissue_ceiling_matches_the_data_readme():
         measures.append(te.measure_pair(p, np.full((8, 8), 0.5)))  # the map does not matter for the ceiling
     ceiling = te.summarise(measures, None)["classed_by_annotated_tissue"]["mF1"]
     assert ceiling == pytest.approx(0.88, abs=0.04)
+
+
+# ------------------------------------------------------------------------------------- committed baseline
+
+
+def test_the_docs_figures_are_the_committed_baseline_report():
+    """docs/tissue.md quotes weights/report-tissue/report.json (the shipped members out-of-fold), not copies that drift."""
+    report = json.loads((ROOT / "weights" / "report-tissue" / "report.json").read_text())["tissue_at_cells"]
+    doc = (ROOT / "docs" / "tissue.md").read_text()
+    for name, entry in te.headline(report["overall"]).items():
+        lo, hi = entry["ci"]
+        assert f"| {te.LABELS[name]} | {entry['value']:.3f} ({lo:.3f}–{hi:.3f}) |" in doc, name
+    for fold, section in report["folds"].items():
+        assert f"| {fold} | {section['n_images']} | " + " | ".join(
+            f"{e['value']:.3f}" for e in te.headline(section).values()) in doc, fold
+    assert report["bootstrap_iterations"] == 10_000 and report["tta"] == "all8" and len(report["folds"]) == 5
+    assert sum(s["n_images"] for s in report["folds"].values()) == report["overall"]["n_images"] == 311
+    assert (ROOT / "weights" / "report-tissue" / "tissue_at_cells.png").stat().st_size < 300_000
