@@ -5,7 +5,8 @@ TTA, and the manifest ships it. Together the five folds cover every pair once, s
 of them and the score is an honest estimate for unseen slides: every pair is predicted by the models that never
 saw its slide (averaged, when a fold has several). The late fusion of the class decision with the predicted tissue
 is tuned too, and kept only if it also wins on folds it was not tuned on. Writes the members, manifest, licence and
-the evaluation report (optionally side by side with a second set of runs, e.g. the cell-only ablation).
+the evaluation report (optionally side by side with a second set of runs, e.g. the cell-only ablation), with the
+predicted tissue measured at the annotated cells (docs/tissue.md) when the runs have a tissue branch.
 """
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ from .evaluation import (BG, CA, Predictions, count_matches, evaluate_dataset, f
 from .files import write_atomic
 from .model import ModelConfig
 from .points import PostProcess, classify_peaks, find_cells, find_peaks, peak_pixels
+from .pipeline import exit_code
 from .tissue_eval import format_summary as tissue_summary
 from .tissue_eval import measure_pair, tissue_report
-from .pipeline import exit_code
 from .train import USER_ERRORS, RunError, tune_postprocess
 from .weights import MANIFEST, write_manifest
 

@@ -728,7 +728,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ocelot_algo evaluate", formatter_class=HelpFormatter,
         description="Score cell predictions as the OCELOT 2023 challenge does (mF1), with bootstrap CIs and the "
-                    "per-organ and per-tissue-region analyses of the challenge paper.")
+                    "per-organ and per-tissue-region analyses of the challenge paper; with --tissue-maps, the "
+                    "predicted tissue at the annotated cells (docs/tissue.md).")
     parser.add_argument("--pred", type=Path, help="folder of <id>.csv (x,y,class,probability) or a GC "
                         "cell_classification.json (needed unless --tissue-maps is given)")
     parser.add_argument("--gt", required=True, type=Path,
