@@ -9,6 +9,7 @@ COMMANDS = {  # command -> (module, function, what it does)
     "train": ("train", "main", "train one fold (joint cell + tissue)"),
     "ensemble": ("ensemble", "main", "tune the fold models out-of-fold and write weights/"),
     "evaluate": ("evaluation", "main", "score predictions exactly as the challenge does, with reports"),
+    "tissue-maps": ("tissue_eval", "main_maps", "out-of-fold cancer-area maps of the fold members' tissue branch"),
     "overlay": ("overlay", "main", "draw predictions over the patches (PNG)"),
     "make-sample": ("sample", "main", "write a synthetic Grand-Challenge-format input"),
 }

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .evaluation import load_release
+from .evaluation import load_release, tissue_mask_on_grid
 from .geometry import ALL_DIHEDRAL, PATCH_SIZE, Box, apply_dihedral, dihedral_box, dihedral_points, sub_box
 from .inputs import open_inputs
 from .preprocess import to_grid
@@ -43,9 +43,7 @@ def load_samples(root: Path, ids: list[str], cell_size: int, tissue_size: int, s
             if name not in truth:
                 continue
             pair, gt = inputs.read(i), truth[name]
-            mask = gt.tissue_mask()
-            rows, cols = (((np.arange(tissue_size) + 0.5) * n / tissue_size).astype(int) for n in mask.shape)
-            mask = mask[np.ix_(rows, cols)]  # nearest-neighbour: the label at each grid cell's centre
+            mask = tissue_mask_on_grid(gt.tissue_mask(), tissue_size)
             samples.append(Sample(
                 pair_id=name, organ=gt.organ or "unknown",
                 cell=to_grid(pair.cell, cell_size)[0].to(torch.float16).contiguous(),

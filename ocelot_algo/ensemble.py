@@ -5,7 +5,8 @@ TTA, and the manifest ships it. Together the five folds cover every pair once, s
 of them and the score is an honest estimate for unseen slides: every pair is predicted by the models that never
 saw its slide (averaged, when a fold has several). The late fusion of the class decision with the predicted tissue
 is tuned too, and kept only if it also wins on folds it was not tuned on. Writes the members, manifest, licence and
-the evaluation report (optionally side by side with a second set of runs, e.g. the cell-only ablation).
+the evaluation report (optionally side by side with a second set of runs, e.g. the cell-only ablation), with the
+predicted tissue measured at the annotated cells (docs/tissue.md) when the runs have a tissue branch.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from .files import write_atomic
 from .model import ModelConfig
 from .points import PostProcess, classify_peaks, find_cells, find_peaks, peak_pixels
 from .pipeline import exit_code
+from .tissue_eval import format_summary as tissue_summary
+from .tissue_eval import measure_pair, tissue_report
 from .train import USER_ERRORS, RunError, tune_postprocess
 from .weights import MANIFEST, write_manifest
 
@@ -52,6 +55,7 @@ class OutOfFold:
     fold: dict[str, int]  # pair id -> its group of runs (one fold)
     cancer: dict[str, np.ndarray] | None  # pair id -> cancer-area probability on the cell grid; None unless every
     # fold has a run with a tissue branch (averaged over those, as the shipped ensemble fuses its tissue maps)
+    tissue: dict[str, np.ndarray] | None = None  # the same on the tissue grid, where the runs kept it
 
 
 def out_of_fold_maps(runs: list[Path]) -> OutOfFold:
@@ -60,6 +64,7 @@ def out_of_fold_maps(runs: list[Path]) -> OutOfFold:
     out-of-fold together."""
     sums: dict[str, np.ndarray] = {}
     cancer_sums: dict[str, list[np.ndarray]] = {}
+    tissue_sums: dict[str, list[np.ndarray]] = {}
     groups: dict[frozenset, list[Path]] = {}
     for run in runs:
         with np.load(run / "val_maps.npz") as data:
@@ -70,13 +75,16 @@ def out_of_fold_maps(runs: list[Path]) -> OutOfFold:
                 raise RunError(f"{run}: pair {clash} is also validated by another run on other pairs")
             for pair_id, m in zip(ids, data["maps"]):
                 sums[pair_id] = sums[pair_id] + m if pair_id in sums else m.astype(np.float32)
-            for pair_id, c in zip(ids, data["cancer"] if "cancer" in data else []):
-                cancer_sums.setdefault(pair_id, []).append(c.astype(np.float32))
+            for key, collected in (("cancer", cancer_sums), ("tissue", tissue_sums)):
+                for pair_id, c in zip(ids, data[key] if key in data else []):
+                    collected.setdefault(pair_id, []).append(c.astype(np.float32))
             group.append(run)
     fold = {i: k for k, ids in enumerate(groups) for i in ids}
     counts = {i: len(group) for ids, group in groups.items() for i in ids}
-    cancer = {i: np.mean(cancer_sums[i], axis=0) for i in sorted(sums)} if set(cancer_sums) == set(sums) else None
-    return OutOfFold({i: sums[i] / counts[i] for i in sorted(sums)}, {i: fold[i] for i in sorted(sums)}, cancer)
+    cancer, tissue = ({i: np.mean(collected[i], axis=0) for i in sorted(sums)} if set(collected) == set(sums) else None
+                      for collected in (cancer_sums, tissue_sums))
+    return OutOfFold({i: sums[i] / counts[i] for i in sorted(sums)}, {i: fold[i] for i in sorted(sums)}, cancer,
+                     tissue if cancer is not None else None)
 
 
 def member_names(runs: list[Path]) -> list[str]:
@@ -202,17 +210,23 @@ def annotated_cancer(probs: np.ndarray, peaks: tuple, truth) -> np.ndarray:
     return np.select([regions == CA, regions == BG], [1.0, 0.0], 0.5)
 
 
-def score_runs(runs: list[Path], data: Path, name: str) -> tuple[PostProcess, Predictions, list, dict | None]:
+def score_runs(runs: list[Path], data: Path, name: str, bootstrap: int = 0
+               ) -> tuple[PostProcess, Predictions, list, dict | None, dict | None]:
+    """Post-processing tuned out-of-fold, the predictions it gives, the truth, the late fusion's tuning and the
+    tissue at the cells (the last two only where every fold has a run with a tissue branch)."""
     oof = out_of_fold_maps(runs)
     truth = load_release(data, "train", list(oof.maps))
     params, mf1 = tune_postprocess(list(oof.maps.values()), [t.cells for t in truth])
     log.info("%s: %d out-of-fold pairs, tuned %s -> mF1 %.4f", name, len(oof.maps), params, mf1)
-    fusion = None
+    fusion = tissue = None
     if oof.cancer is not None:
         params, fusion = tune_tissue_fusion(oof, truth, params)
+        measures = [measure_pair(t, oof.cancer[t.id], None if oof.tissue is None else oof.tissue[t.id]) for t in truth]
+        tissue = tissue_report(truth, measures, [oof.fold[t.id] for t in truth], name, bootstrap)
+        log.info(tissue_summary(tissue))
     cancer = [None if oof.cancer is None else oof.cancer[i] for i in oof.maps]
     points = [find_cells(m, params, c).as_array() for m, c in zip(oof.maps.values(), cancer)]
-    return params, Predictions(name, points), truth, fusion
+    return params, Predictions(name, points), truth, fusion, tissue
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,16 +252,18 @@ def ensemble(args: argparse.Namespace) -> None:
     # Checked before the long scoring so a problem is found at once; only written members need distinct names.
     tta = check_runs(runs, runs if args.out else [], compare_runs)
     names = member_names(runs) if args.out else []
-    params, preds, truth, fusion = score_runs(runs, Path(args.data), args.name)
+    params, preds, truth, fusion, tissue = score_runs(runs, Path(args.data), args.name, args.bootstrap)
     compare = None
     if compare_runs:
-        _, compare, compare_truth, _ = score_runs(compare_runs, Path(args.data), args.compare_name)
+        _, compare, compare_truth, _, _ = score_runs(compare_runs, Path(args.data), args.compare_name)
         if [t.id for t in compare_truth] != [t.id for t in truth]:
             raise RunError("--runs and --compare-runs do not cover the same pairs")
     report = evaluate_dataset(truth, preds, compare, bootstrap=args.bootstrap)
     report["settings"].update(tta=tta, postprocess=params.to_dict())
     if fusion is not None:
         report["settings"]["tissue_fusion_tuning"] = fusion
+    if tissue is not None:
+        report["tissue_at_cells"] = tissue
     write_report(report, Path(args.report))
     print(format_summary(report))
     if args.out is not None:

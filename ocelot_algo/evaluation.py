@@ -445,6 +445,12 @@ def tissue_regions(xy: np.ndarray, box: Box, mask: np.ndarray) -> np.ndarray:
     return np.where(inside & np.isin(labels, (BG, CA)), labels, UNKNOWN).astype(np.uint8)
 
 
+def tissue_mask_on_grid(mask: np.ndarray, size: int) -> np.ndarray:
+    """The tissue mask (H, W) on a (size, size) grid over the tissue patch: the label at each grid pixel's centre."""
+    rows, cols = (((np.arange(size) + 0.5) * n / size).astype(int) for n in mask.shape)
+    return mask[np.ix_(rows, cols)]
+
+
 def image_counts(truth: list[TruthImage], runs: list[Predictions], radius: float = RADIUS):
     """Per-image TP/FP/FN of each run, arrays (n_images, groups, 3) over GROUPS (the tissue subgroups only when
     every image has a tissue mask), and how many GT and predicted cells lie on unknown tissue."""
@@ -529,6 +535,11 @@ def _difference(values_a: dict, values_b: dict, samples_a: dict, samples_b: dict
     return result
 
 
+def report_settings(truth: list[TruthImage], bootstrap: int, seed: int, radius: float = RADIUS) -> dict:
+    return {"radius": radius, "bootstrap_iterations": bootstrap, "seed": seed, "confidence": CONFIDENCE,
+            "n_images": len(truth), "ids": [t.id for t in truth]}
+
+
 def evaluate_dataset(truth: list[TruthImage], preds: Predictions, compare: Predictions | None = None,
                      bootstrap: int = 10_000, seed: int = 0, radius: float = RADIUS) -> dict:
     """The full report of one prediction set, or two side by side (`compare`, e.g. the cell-only ablation).
@@ -566,9 +577,7 @@ def evaluate_dataset(truth: list[TruthImage], preds: Predictions, compare: Predi
         sections.append(section)
         all_samples.append((samples, organ_samples))
 
-    report = {"settings": {"radius": radius, "bootstrap_iterations": bootstrap, "seed": seed,
-                           "confidence": CONFIDENCE, "n_images": len(truth), "ids": [t.id for t in truth]},
-              "runs": sections}
+    report = {"settings": report_settings(truth, bootstrap, seed, radius), "runs": sections}
     if compare is not None:
         (samples_a, organs_a), (samples_b, organs_b) = all_samples
         a, b = sections
@@ -623,6 +632,13 @@ def format_markdown(report: dict) -> str:
     ci_note = (f"95% CIs: percentile bootstrap over images, {settings['bootstrap_iterations']} resamples, "
                f"seed {settings['seed']}" + ("; the difference is paired (same resamples)." if difference else ".")
                if settings["bootstrap_iterations"] else "No bootstrap CIs.")
+    tissue_lines = []
+    if "tissue_at_cells" in report:
+        from .tissue_eval import format_markdown as tissue_markdown
+
+        tissue_lines = tissue_markdown(report["tissue_at_cells"])
+    if not runs:  # the tissue branch alone (`evaluate --tissue-maps` without --pred)
+        return "\n".join(["# Tissue branch evaluation", ""] + tissue_lines)
     lines = ["# Cell detection evaluation", "",
              f"{settings['n_images']} images; OCELOT 2023 metric (greedy matching by descending probability to the "
              f"nearest unmatched GT of the same class within {settings['radius']:g} px, no probability threshold). "
@@ -671,7 +687,7 @@ def format_markdown(report: dict) -> str:
                 cells += _group_cells(run["tissue_regions"][name])
             rows.append(cells + delta_cell(name))
         lines += _table(header + (["Δ F1 (95% CI)"] if difference else []), rows) + [""]
-    return "\n".join(lines)
+    return "\n".join(lines + tissue_lines)
 
 
 def format_summary(report: dict) -> str:
@@ -685,6 +701,10 @@ def format_summary(report: dict) -> str:
     if "difference" in report:
         d = report["difference"]
         lines.append(f"{d['of']}: mF1 {_delta(d['mF1'])}  BC F1 {_delta(d['BC'])}  TC F1 {_delta(d['TC'])}")
+    if "tissue_at_cells" in report:
+        from .tissue_eval import format_summary as tissue_summary
+
+        lines.append(tissue_summary(report["tissue_at_cells"]))
     return "\n".join(lines)
 
 
@@ -708,9 +728,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ocelot_algo evaluate", formatter_class=HelpFormatter,
         description="Score cell predictions as the OCELOT 2023 challenge does (mF1), with bootstrap CIs and the "
-                    "per-organ and per-tissue-region analyses of the challenge paper.")
-    parser.add_argument("--pred", required=True, type=Path,
-                        help="folder of <id>.csv (x,y,class,probability) or a GC cell_classification.json")
+                    "per-organ and per-tissue-region analyses of the challenge paper; with --tissue-maps, the "
+                    "predicted tissue at the annotated cells (docs/tissue.md).")
+    parser.add_argument("--pred", type=Path, help="folder of <id>.csv (x,y,class,probability) or a GC "
+                        "cell_classification.json (needed unless --tissue-maps is given)")
     parser.add_argument("--gt", required=True, type=Path,
                         help="release folder (metadata.json, annotations/) or a GC-format ground-truth JSON")
     parser.add_argument("--split", default="train", help="split of the release folder")
@@ -719,6 +740,8 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--fold", type=int, help="score only fold K (0-based) of --folds")
     parser.add_argument("--folds", type=Path, help="folds file (without it: <gt>/folds.json)")
     parser.add_argument("--compare", type=Path, help="a second prediction set, reported side by side")
+    parser.add_argument("--tissue-maps", type=Path,
+                        help="folder written by `tissue-maps`: adds the tissue at the cells (needs a release --gt)")
     parser.add_argument("--out", type=Path, help="write report.json, report.md and plots here")
     parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples, 0 for none")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -744,33 +767,48 @@ def _load_truth(args) -> tuple[list[TruthImage], list[str]]:
     return truth, image_ids
 
 
+def _score_predictions(args, truth: list[TruthImage], image_ids: list[str]) -> dict:
+    names = [args.pred.name, args.compare.name if args.compare else None]
+    if names[0] == names[1]:
+        names = [str(args.pred), str(args.compare)]
+    preds = load_predictions(args.pred, truth, image_ids, names[0])
+    compare = load_predictions(args.compare, truth, image_ids, names[1]) if args.compare else None
+    for run in (preds, compare):
+        if run is not None and run.missing_ids:
+            print(f"warning: {run.name}: {len(run.missing_ids)} of {len(truth)} ids have no predictions (no "
+                  f"<id>.csv, or past the JSON's last image_<i>: was it made for these pairs?) and are scored as "
+                  f"none: {', '.join(run.missing_ids[:10])}", file=sys.stderr)
+    return evaluate_dataset(truth, preds, compare, bootstrap=args.bootstrap, seed=args.seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`evaluate` command: prints a summary, writes the report into --out; 2 on bad arguments or input files."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    if args.bootstrap < 0:
-        print("error: --bootstrap must be >= 0", file=sys.stderr)
+    problem = ("--bootstrap must be >= 0" if args.bootstrap < 0 else
+               "--pred or --tissue-maps is needed" if args.pred is None and args.tissue_maps is None else
+               "--compare needs --pred" if args.pred is None and args.compare is not None else
+               "--tissue-maps needs a release folder as --gt" if args.tissue_maps and not args.gt.is_dir() else None)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         truth, image_ids = _load_truth(args)
-        names = [args.pred.name, args.compare.name if args.compare else None]
-        if names[0] == names[1]:
-            names = [str(args.pred), str(args.compare)]
-        preds = load_predictions(args.pred, truth, image_ids, names[0])
-        compare = load_predictions(args.compare, truth, image_ids, names[1]) if args.compare else None
-        for run in (preds, compare):
-            if run is not None and run.missing_ids:
-                print(f"warning: {run.name}: {len(run.missing_ids)} of {len(truth)} ids have no predictions (no "
-                      f"<id>.csv, or past the JSON's last image_<i>: was it made for these pairs?) and are scored as "
-                      f"none: {', '.join(run.missing_ids[:10])}", file=sys.stderr)
-        report = evaluate_dataset(truth, preds, compare, bootstrap=args.bootstrap, seed=args.seed)
+        report = _score_predictions(args, truth, image_ids) if args.pred else {
+            "settings": report_settings(truth, args.bootstrap, args.seed), "runs": []}
+        if args.tissue_maps:
+            from .tissue_eval import evaluate_tissue_maps
+
+            report["tissue_at_cells"] = evaluate_tissue_maps(truth, args.tissue_maps, args.bootstrap, args.seed)
     except EvaluationInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     report["settings"]["sources"] = {"gt": str(args.gt), "split": args.split if args.gt.is_dir() else None,
-                                     "pred": str(args.pred), "compare": str(args.compare) if args.compare else None}
+                                     "pred": str(args.pred) if args.pred else None,
+                                     "compare": str(args.compare) if args.compare else None,
+                                     "tissue_maps": str(args.tissue_maps) if args.tissue_maps else None}
     print(format_summary(report))
     if args.out:
         try:

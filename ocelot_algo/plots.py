@@ -17,8 +17,9 @@ _COLOURS = ("#3b6ea8", "#e0863a")  # first run, comparison
 
 
 def _bar_chart(title: str, categories: list[str], series: list[tuple[str, list[float], list | None]],
-               ylabel: str) -> bytes:
-    """Grouped bars, one group per category and one bar per series (label, values, [lo, hi] per value or None)."""
+               ylabel: str, dots: list[list[float]] = ()) -> bytes:
+    """Grouped bars, one group per category and one bar per series (label, values, [lo, hi] per value or None);
+    `dots`: further values per category (e.g. one list per fold), drawn as points over the bars."""
     fig = Figure(figsize=(max(6.0, 0.55 * len(categories) * len(series) + 2.5), 4.2), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -34,6 +35,8 @@ def _bar_chart(title: str, categories: list[str], series: list[tuple[str, list[f
         ax.bar(position, values, width, yerr=errors, capsize=3, label=label, color=_COLOURS[k % len(_COLOURS)])
         for px, v in zip(position, values):
             ax.text(px, 0.01, f"{v:.3f}", ha="center", va="bottom", rotation=90, fontsize=7, color="white")
+    for values in dots:
+        ax.plot(x, values, "o", color="black", markersize=3, alpha=0.6)
     crowded = len(categories) > 5
     ax.set_xticks(x, categories, rotation=20 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylim(0, 1)
@@ -52,11 +55,28 @@ def _intervals(entries: list[dict], key: str) -> list | None:
     return [e[key] for e in entries] if all(key in e for e in entries) else None
 
 
+def _tissue_chart(section: dict) -> bytes:
+    """The tissue-at-the-cells measures overall (bars with CIs) and, as dots, per fold."""
+    from .tissue_eval import SHORT_NAMES, headline
+
+    overall = headline(section["overall"])
+    names = list(overall)
+    entries = list(overall.values())
+    return _bar_chart("Tissue at the cells, out-of-fold (dots: per fold)", [SHORT_NAMES[n] for n in names],
+                      [("all pairs", [e["value"] for e in entries], _intervals(entries, "ci"))], "score",
+                      dots=[[headline(fold)[n]["value"] for n in names] for fold in section["folds"].values()])
+
+
 def render_report_plots(report: dict) -> dict[str, bytes]:
     """{file name: PNG} for the report: class scores, per-organ mF1 and tissue subgroup F1 (where known); error
     bars are the bootstrap CIs when the report has them."""
     runs = report["runs"]
     plots = {}
+
+    if "tissue_at_cells" in report:
+        plots["tissue_at_cells.png"] = _tissue_chart(report["tissue_at_cells"])
+    if not runs:
+        return plots
 
     categories, class_series = [], []
     for cls in CLASS_NAMES:

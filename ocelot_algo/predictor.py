@@ -107,6 +107,28 @@ class Predictor:
             cell_grid, tissue_grid = self.grids(cell, tissue, self.device)
         return self.probabilities_on_grids(cell_grid, tissue_grid, box)
 
+    def _tissue_stage(self, tissue_grid: torch.Tensor) -> tuple[list[int], list[torch.Tensor]]:
+        """The members with a tissue branch and each one's tissue probabilities (2, T, T), its views undone and
+        averaged; tissue_grid is (3, T, T) 0..255 on the device."""
+        with_tissue = [i for i, m in enumerate(self.members) if m.tissue is not None]
+        if not with_tissue:
+            return [], []
+        with self._stage("tissue_forward"):
+            views = self._views(tissue_grid)
+            per_member = [self._forward(self.members[i].tissue_logits, views) for i in with_tissue]
+        with self._stage("tta_ensemble"):
+            return with_tissue, [self._mean_of_views(p) for p in per_member]
+
+    @torch.inference_mode()
+    def tissue_probabilities(self, tissue: np.ndarray) -> np.ndarray | None:
+        """(1024, 1024, 3) uint8 tissue patch -> the members' tissue probabilities (2, T, T) (background, cancer
+        area), averaged over views and members as `probabilities` fuses them; None without a tissue branch. The
+        tissue branch alone: no cell patch, no cell forward."""
+        with self._stage("resize"):
+            tissue_grid = to_grid(tissue, self.tissue_size, self.device)[0]
+        with_tissue, per_member = self._tissue_stage(tissue_grid.float())
+        return torch.stack(per_member).mean(0).cpu().numpy() if with_tissue else None
+
     @torch.inference_mode()
     def probabilities_on_grids(self, cell_grid: torch.Tensor, tissue_grid: torch.Tensor, box: Box
                                ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -117,13 +139,9 @@ class Predictor:
             boxes = torch.tensor([box], dtype=torch.float32, device=self.device)
 
         tissue_probs, crops = None, {}
-        with_tissue = [i for i, m in enumerate(self.members) if m.tissue is not None]
+        with_tissue, per_member = self._tissue_stage(tissue_grid)
         if with_tissue:
-            with self._stage("tissue_forward"):
-                views = self._views(tissue_grid)
-                per_member = [self._forward(self.members[i].tissue_logits, views) for i in with_tissue]
             with self._stage("tta_ensemble"):
-                per_member = [self._mean_of_views(p) for p in per_member]
                 tissue_probs = torch.stack(per_member).mean(0)
                 if self.tissue_fusion == "mean":
                     crop = crop_to_cell(tissue_probs[None], boxes, (self.cell_size,) * 2)[0]

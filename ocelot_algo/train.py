@@ -479,9 +479,12 @@ def _export(out: Path, val_samples, device, state, args) -> None:
         params, mf1 = tune_postprocess(maps, [s.points for s in val_samples])
         info.update(val_mF1_default=round(state["best_mF1"], 4), val_mF1_tuned=round(mf1, 4), val_tta=args.tta,
                     postprocess=params.to_dict())  # for reference: the ensemble ships its own, tuned out-of-fold
-        # the cancer area on the cell grid, for tuning the late fusion of the class decision (see `ensemble`)
-        with_cancer = {} if tissue_maps[0] is None else {"cancer": np.stack(
-            [cancer_on_cell_grid(t, s.box, args.cell_size) for t, s in zip(tissue_maps, val_samples)]).astype(np.float16)}
+        # the cancer area on the cell grid, for tuning the late fusion of the class decision, and on the tissue grid,
+        # for the tissue at the cells (see `ensemble`)
+        with_cancer = {} if tissue_maps[0] is None else {
+            "cancer": np.stack([cancer_on_cell_grid(t, s.box, args.cell_size)
+                                for t, s in zip(tissue_maps, val_samples)]).astype(np.float16),
+            "tissue": np.stack([t[1] for t in tissue_maps]).astype(np.float16)}
         np.savez_compressed(out / "val_maps.npz", ids=np.array([s.pair_id for s in val_samples]),
                             maps=np.stack(maps).astype(np.float16), **with_cancer)
         log.info("tuned post-processing %s: validation mF1 %.4f (tta %s)", params, mf1, args.tta)

@@ -94,6 +94,15 @@ def test_an_ensemble_of_identical_members_equals_one_member(members):
         assert np.allclose(one[0], three[0], atol=ROUNDING) and np.allclose(one[1], three[1], atol=ROUNDING)
 
 
+def test_the_tissue_branch_alone_gives_the_tissue_maps_of_the_full_prediction(members, tmp_path):
+    cell, tissue, box = smooth_image(3), smooth_image(4), cell_box_in_tissue(meta(0.4, 0.6))
+    predictor = Predictor(members, tta="flips")
+    np.testing.assert_allclose(predictor.tissue_probabilities(tissue), predictor.probabilities(cell, tissue, box)[1],
+                               atol=1e-6)
+    cell_only = load_ensemble(make_weights(tmp_path, injections=("none",), **SMALL)).members
+    assert Predictor(cell_only, tta="none").tissue_probabilities(tissue) is None
+
+
 def test_tissue_fusion_mean_and_member_differ_on_distinct_members(members):
     """`mean` feeds every member the averaged tissue map, `member` each its own: the cell maps of `member` are
     the average of the members run alone, those of `mean` are not."""

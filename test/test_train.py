@@ -86,6 +86,7 @@ def test_training_stops_at_its_time_budget_resumes_and_exports_a_tuned_member(re
     with np.load(run / "val_maps.npz") as maps:  # the cancer area on the cell grid: for the late fusion's tuning
         assert maps["maps"].shape[1:] == (3, 256, 256) and len(maps["ids"]) == 2
         assert maps["cancer"].shape[1:] == (256, 256) and 0 <= maps["cancer"].min() <= maps["cancer"].max() <= 1
+        assert maps["tissue"].shape[1:] == (128, 128)  # and on the tissue grid, for the tissue at the cells
 
     # one run per folder: resumed only with the arguments that shaped it, never overwritten by a new one
     same_folder = ["--data", str(release), "--fold", "0", "--out", str(run)]
@@ -123,6 +124,9 @@ def test_fold_models_become_an_ensemble_tuned_out_of_fold(release, tmp_path):
     assert (report / "report.md").is_file()
     tuning = json.loads((report / "report.json").read_text())["settings"]["tissue_fusion_tuning"]
     assert ensemble.postprocess.fuses_tissue == tuning["adopted"] and 0 <= tuning["annotated_tissue_mF1"] <= 1
+    tissue = json.loads((report / "report.json").read_text())["tissue_at_cells"]
+    assert set(tissue["folds"]) == {"0", "1"} and 0 <= tissue["overall"]["dice_patch"]["value"] <= 1
+    assert "## Tissue at the cells" in (report / "report.md").read_text()
 
     # an ablation on fewer folds: only a report, side by side, no weights written, so runs of one fold in
     # folders of the same name (another seed's runs/seed1/fold0) are fine
