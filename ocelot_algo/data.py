@@ -136,13 +136,18 @@ class Batcher:
     of each (the tissue branch is as costly per image as the cell branch; sharing it halves that cost).
 
     `teacher_share`: each pair draws a share uniform in 0..teacher_share of its ground-truth tissue mask to blend
-    into the tissue context its cell crops see (see `CellTissueNet.forward`)."""
+    into the tissue context its cell crops see (see `CellTissueNet.forward`).
+
+    `tissue_window`: tissue-only batches hold windows of that side of the tissue grid instead of whole patches, so a
+    finer grid costs per step what the coarse one does; a share `window_at_cell` of them contains the cell box,
+    where the cell branch reads the tissue prediction, the rest lie anywhere."""
 
     def __init__(self, samples: list[Sample], *, crop: int, pairs: int, crops_per_pair: int, target: str,
-                 augment: AugmentConfig, seed: int, rank: int = 0, teacher_share: float = 0.0):
+                 augment: AugmentConfig, seed: int, rank: int = 0, teacher_share: float = 0.0,
+                 tissue_window: int = 0, window_at_cell: float = 0.5):
         self.samples, self.crop, self.pairs, self.crops_per_pair = samples, crop, pairs, crops_per_pair
         self.target, self.augment, self.seed, self.rank = target, augment, seed, rank
-        self.teacher_share = teacher_share
+        self.teacher_share, self.tissue_window, self.window_at_cell = teacher_share, tissue_window, window_at_cell
 
     def __call__(self, step: int, pairs: int | None = None, crops_per_pair: int | None = None) -> dict[str, torch.Tensor]:
         """Batch `step`; `crops_per_pair=0` gives tissue patches only (tissue pre-training)."""
@@ -160,8 +165,11 @@ class Batcher:
             if len(points):
                 points[:, :2] = np.rint(dihedral_points(points[:, :2], view, PATCH_SIZE - 1))
             box = dihedral_box(s.box, view)
+            mask = apply_dihedral(s.tissue_mask, view)
+            if crops_per_pair == 0 and 0 < self.tissue_window < tissue.shape[-1]:
+                tissue, mask = self._window(tissue, mask, box, rng)
             tissues.append(tissue)
-            masks.append(apply_dihedral(s.tissue_mask, view))
+            masks.append(mask)
             grid = cell.shape[-1]
             for _ in range(crops_per_pair):
                 side = min(grid, int(round(self.crop * rng.uniform(*aug.scale))))
@@ -189,6 +197,17 @@ class Batcher:
             "target": torch.stack(targets) if targets else torch.zeros(0, 3, self.crop, self.crop),
             "teacher_share": torch.tensor(teacher_share, dtype=torch.float32),
         }
+
+    def _window(self, tissue: torch.Tensor, mask: torch.Tensor, box: Box, rng) -> tuple[torch.Tensor, torch.Tensor]:
+        """A `tissue_window` square of the tissue grid: one holding the cell box's centre (shifted at random
+        within the window's middle half), or one anywhere."""
+        grid, side = tissue.shape[-1], self.tissue_window
+        if rng.random() < self.window_at_cell:
+            centre = np.array([(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2]) * grid
+            x0, y0 = np.clip(np.rint(centre - side / 2 + rng.uniform(-side / 4, side / 4, 2)), 0, grid - side).astype(int)
+        else:
+            x0, y0 = rng.integers(0, grid - side + 1, size=2)
+        return tissue[:, y0:y0 + side, x0:x0 + side], mask[y0:y0 + side, x0:x0 + side]
 
     def _photometric(self, cell, tissue, owners, rng, gen):
         """Stain, brightness and contrast shared by a pair's cell and tissue patch (same slide, same stain);

@@ -64,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
                         "gets tissue context from its first step; not with --injection none (the shipped recipe "
                         "uses 0: see README's results)")
     p.add_argument("--tissue-batch", type=int, default=8, help="tissue patches per tissue-only step")
+    p.add_argument("--tissue-window", type=int, default=0,
+                   help="tissue-only steps train on windows of this side of the tissue grid (0: whole patches), so "
+                        "a finer --tissue-size costs per step what the shipped 256 does")
+    p.add_argument("--window-at-cell", type=float, default=0.5,
+                   help="share of those windows that contain the cell box (where the cell branch reads the tissue)")
+    p.add_argument("--tissue-dice", type=float, default=0.0,
+                   help="weight of a soft Dice on cancer area beside the tissue cross-entropy (unknown tissue "
+                        "ignored in both; the shipped recipe uses 0)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumable) after this much wall time")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run folder's checkpoint (a new run when it has none) with the same "
@@ -133,8 +141,15 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _parser()
     args = p.parse_args(argv)
-    if args.steps < 1:
-        p.error("--steps must be at least 1 (tissue-only training is --tissue-steps before joint steps)")
+    if args.steps < 0 or args.steps + args.tissue_steps < 1:
+        p.error("--steps must be at least 1, or 0 for a tissue-only run of --tissue-steps")
+    if args.tissue_window and (args.tissue_window % 32 or not 32 <= args.tissue_window <= args.tissue_size):
+        p.error(f"--tissue-window must be a multiple of 32 (the encoder's stride) in 32..--tissue-size, not "
+                f"{args.tissue_window}")
+    if args.tissue_window and not args.tissue_steps:
+        p.error("--tissue-window acts on tissue-only steps: give --tissue-steps")
+    if not 0 <= args.window_at_cell <= 1 or args.tissue_dice < 0:
+        p.error("--window-at-cell is a share: 0..1; --tissue-dice a weight: at least 0")
     for name in ("eval_every", "pairs", "crops_per_pair", "tissue_batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -177,10 +192,17 @@ def teacher_tissue(mask: torch.Tensor, share: torch.Tensor) -> tuple[torch.Tenso
     return maps, share[:, None, None, None] * known[:, None].float()
 
 
-def tissue_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    if (mask == IGNORE).all():
+def tissue_loss(logits: torch.Tensor, mask: torch.Tensor, dice_weight: float = 0.0) -> torch.Tensor:
+    """Cross-entropy, plus `dice_weight` x soft Dice of cancer area (over the batch), unknown tissue ignored."""
+    known = mask != IGNORE
+    if not known.any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), mask, ignore_index=IGNORE)
+    loss = F.cross_entropy(logits.float(), mask, ignore_index=IGNORE)
+    if dice_weight:
+        cancer = logits.float().softmax(1)[:, 1] * known
+        target = (mask == 1) & known
+        loss = loss + dice_weight * (1 - (2 * (cancer * target).sum() + 1) / (cancer.sum() + target.sum() + 1))
+    return loss
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -368,7 +390,8 @@ def train(args: argparse.Namespace) -> None:
         if world > 1 else model
     batcher = Batcher(train_samples, crop=args.crop, pairs=args.pairs, crops_per_pair=args.crops_per_pair,
                       target=args.target, augment=AugmentConfig(), seed=args.seed, rank=rank,
-                      teacher_share=args.teacher_tissue)
+                      teacher_share=args.teacher_tissue, tissue_window=args.tissue_window,
+                      window_at_cell=args.window_at_cell)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda")
     if state.get("grad_scaler"):  # a resumed CUDA run goes on with its loss scale
         scaler.load_state_dict(state["grad_scaler"])
@@ -387,7 +410,7 @@ def train(args: argparse.Namespace) -> None:
             teacher = teacher_tissue(batch["tissue_mask"], batch["teacher_share"]) if args.teacher_tissue else None
             cell_logits, tissue_logits = trainable(batch["cell"], batch["tissue"], batch["boxes"], batch["owner"], teacher)
         loss_cell = cell_loss(cell_logits, batch["target"]) if cell_logits is not None else torch.zeros((), device=device)
-        loss_tissue = tissue_loss(tissue_logits, batch["tissue_mask"]) if tissue_logits is not None \
+        loss_tissue = tissue_loss(tissue_logits, batch["tissue_mask"], args.tissue_dice) if tissue_logits is not None \
             else torch.zeros((), device=device)
         loss = loss_cell + (1.0 if tissue_only else args.tissue_weight) * loss_tissue
         optimizer.zero_grad(set_to_none=True)
@@ -408,7 +431,7 @@ def train(args: argparse.Namespace) -> None:
             session_start = time.time()
             if rank == 0 and epoch_end:
                 _end_of_epoch(model, optimizer, val_samples, device, state, out, loss_cell.item(), loss_tissue.item(),
-                              tissue_only)
+                              tissue_only, tissue_only and done == total)
             elif rank == 0:  # out of time mid-epoch: a checkpoint only, so a budget never changes what is validated
                 _save_checkpoint(out, model, optimizer, state)
             if world > 1:
@@ -439,13 +462,17 @@ def _finish_distributed(world: int) -> None:
 
 
 def _end_of_epoch(model, optimizer, val_samples, device, state, out: Path, loss_cell: float, loss_tissue: float,
-                  tissue_only: bool) -> None:
-    """Validation (cells and tissue; tissue only at the end of pre-training) and a checkpoint."""
+                  tissue_only: bool, tissue_run_done: bool = False) -> None:
+    """Validation (cells and tissue; tissue only at the end of pre-training) and a checkpoint. A tissue-only run
+    (--steps 0) keeps its last checkpoint: its cell branch is untrained, so cell mF1 cannot choose one."""
     record = {"step": state["step"], "minutes": round(state["seconds"] / 60, 1),
               "loss_cell": round(loss_cell, 4), "loss_tissue": round(loss_tissue, 4)}
     if val_samples and tissue_only:
         _, tissue_maps = validation_maps(model, val_samples, device)
         record["cancer_area_dice"] = round(cancer_area_dice(tissue_maps, val_samples), 4)
+        if tissue_run_done:
+            _save_tensors(model, out / "best.safetensors")
+            state["best_step"] = state["step"]
     elif val_samples:
         cell_maps, tissue_maps = validation_maps(model, val_samples, device)
         result = score_maps(cell_maps, val_samples, PostProcess())

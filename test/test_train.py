@@ -163,12 +163,16 @@ def test_another_smp_network_from_random_weights_trains_exports_and_loads(releas
 def test_arguments_that_cannot_train_are_refused(capsys):
     from ocelot_algo.train import parse_args
 
-    for bad, why in ((["--steps", "0"], "at least 1"), (["--teacher-tissue", "1.5"], "0..1"),
+    for bad, why in ((["--teacher-tissue", "1.5"], "0..1"),
                      (["--injection", "none", "--teacher-tissue", "0.5"], "--injection none has not"),
                      (["--injection", "none", "--tissue-steps", "10"], "--injection none has not"),
                      (["--tta", "all4"], "invalid choice"), (["--eval-every", "0"], "--eval-every must be at least 1"),
                      (["--crop", "100"], "--crop must be a multiple of 32"),
                      (["--cell-size", "100"], "patch sizes must be multiples of 32"),
+                     (["--steps", "0"], "or 0 for a tissue-only run"),
+                     (["--tissue-steps", "4", "--tissue-window", "100"], "--tissue-window must be a multiple of 32"),
+                     (["--tissue-window", "128"], "--tissue-window acts on tissue-only steps"),
+                     (["--tissue-steps", "4", "--window-at-cell", "2"], "--window-at-cell is a share"),
                      (["--encoder", "resnet34"], "--encoder resnet34 has no offline ImageNet weights"),
                      (["--encoder", "no-such-net", "--init", "random"], "smp cannot build 'unet' on encoder"),
                      (["--arch", "fpn", "--cell-decoder", "[1, 2]"], "must be a JSON object"),
@@ -230,6 +234,54 @@ def test_batches_are_deterministic_and_targets_follow_the_cells(release):
                       teacher_share=0.5)(7)
     assert all(torch.equal(first[k], teacher[k]) for k in first if k != "teacher_share")  # the same batch otherwise
     assert ((teacher["teacher_share"] > 0) & (teacher["teacher_share"] <= 0.5)).all()
+
+
+def test_tissue_windows_keep_image_and_mask_together_and_find_the_cell_box(release):
+    """Tissue-only batches of windows: the mask is cut where the image is (after the dihedral view), and with
+    window_at_cell=1 every window holds part of the cell box, with 0 not always."""
+    samples = load_samples(release, json.loads((release / "folds.json").read_text())["folds"][1], 64, 256)
+    for s in samples:  # red spells the mask out and green the cell box, so both can be read off a batch
+        s.tissue[0] = torch.where(s.tissue_mask == 1, 255, 0).to(s.tissue.dtype)
+        s.tissue[1] = 0
+        x0, y0, x1, y1 = (round(v * 256) for v in s.box)
+        s.tissue[1, max(y0, 0):y1, max(x0, 0):x1] = 255
+    still = AugmentConfig(stain=0.0, brightness=0.0, contrast=0.0, blur_p=0.0, noise_p=0.0)
+
+    def windows(at_cell: float) -> list[dict]:
+        batcher = Batcher(samples, crop=64, pairs=6, crops_per_pair=2, target="disk", augment=still, seed=1,
+                          tissue_window=96, window_at_cell=at_cell)
+        assert batcher(0)["tissue"].shape == (6, 3, 256, 256)  # joint batches keep whole patches
+        return [batcher(step, crops_per_pair=0) for step in range(4)]
+
+    for batch in windows(1.0):
+        assert batch["tissue"].shape == (6, 3, 96, 96) and batch["tissue_mask"].shape == (6, 96, 96)
+        known = batch["tissue_mask"] != 255
+        assert torch.equal((batch["tissue"][:, 0] > 127)[known], (batch["tissue_mask"] == 1)[known])
+        assert (batch["tissue"][:, 1].amax((1, 2)) > 127).all()
+    assert not all((batch["tissue"][:, 1].amax((1, 2)) > 127).all() for batch in windows(0.0))
+
+
+def test_tissue_loss_adds_a_dice_on_cancer_area_and_ignores_unknown():
+    mask = torch.tensor([[[0, 1], [1, 255]]])
+    right = torch.tensor([[[[4.0, -4.0], [-4.0, 9.0]], [[-4.0, 4.0], [4.0, -9.0]]]])
+    wrong = -right
+    assert training.tissue_loss(right, mask, 1.0) < training.tissue_loss(right, mask, 0.0) + 0.05
+    assert training.tissue_loss(wrong, mask, 1.0) > training.tissue_loss(wrong, mask, 0.0) + 0.5
+    flipped_unknown = right.clone()
+    flipped_unknown[0, :, 1, 1] *= -1  # the unknown pixel's prediction does not count
+    assert torch.allclose(training.tissue_loss(flipped_unknown, mask, 1.0), training.tissue_loss(right, mask, 1.0))
+    assert training.tissue_loss(right, torch.full_like(mask, 255), 1.0) == 0
+
+
+def test_a_tissue_only_run_on_windows_exports_its_last_step(release, tmp_path):
+    run = tmp_path / "tissue"
+    train("--data", str(release), "--fold", "0", "--out", str(run), "--steps", "0", "--tissue-steps", "2",
+          "--tissue-batch", "2", "--tissue-size", "256", "--tissue-window", "128", "--tissue-dice", "1",
+          "--cell-size", "128", "--crop", "64", "--tta", "none", "--warmup", "1")
+    info = json.loads((run / "model.json").read_text())["info"]
+    assert info["steps"] == info["best_step"] == 2 and load_member(run, "model").config.tissue_size == 256
+    state = json.loads((run / "state.json").read_text())
+    assert "cancer_area_dice" in state["history"][-1] and "mF1" not in state["history"][-1]
 
 
 def test_disk_and_gaussian_targets():
