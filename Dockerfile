@@ -18,9 +18,10 @@ RUN useradd --create-home --uid 1001 --user-group user
 WORKDIR /opt/app
 
 # requirements.txt pins everything except torch, whose range the base image already satisfies. torch is held to the
-# base image's build (a constraint), so pip picks the torchvision smp needs for that torch instead of replacing it.
+# base image's build (a constraint on its public version), so pip picks the torchvision smp needs for that
+# torch instead of replacing it.
 COPY requirements.txt /opt/app/
-RUN python -c "import torch; print('torch==' + torch.__version__)" > /tmp/keep-torch.txt \
+RUN python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > /tmp/keep-torch.txt \
  && python -m pip install --no-cache-dir -c /tmp/keep-torch.txt -r requirements.txt \
  && rm /tmp/keep-torch.txt \
  && python -c "import sys, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda); \
