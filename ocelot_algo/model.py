@@ -160,6 +160,19 @@ class CellTissueNet(nn.Module):
             context_channels=tissue_channels if config.injection in ("features", "both") else 0,
         )
 
+    def freeze_tissue(self) -> None:
+        """Keep the tissue branch as it is (a pre-trained one) while the cell branch learns to read it: no gradients,
+        and its BatchNorm statistics stay fixed, also after `train()`."""
+        self.tissue.requires_grad_(False)
+        self.tissue_frozen = True
+        self.tissue.eval()
+
+    def train(self, mode: bool = True) -> "CellTissueNet":
+        super().train(mode)
+        if getattr(self, "tissue_frozen", False):
+            self.tissue.eval()
+        return self
+
     def tissue_logits(self, tissue: torch.Tensor) -> torch.Tensor:
         return self.tissue(normalize(tissue))
 

