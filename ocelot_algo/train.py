@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="release root: metadata.json, folds.json, images/, annotations/")
     p.add_argument("--fold", type=int, required=True, help="validation fold in folds.json; -1 trains on every pair")
     p.add_argument("--out", required=True, help="run folder (checkpoint, log, exported member)")
-    p.add_argument("--steps", type=int, default=1200, help="joint optimizer steps; the learning-rate schedule spans them")
+    p.add_argument("--steps", type=int, default=1200,
+                   help="joint optimizer steps; the learning-rate schedule spans them. 0 with --start-from and no "
+                        "--tissue-steps: the member's validation maps and tuned post-processing, without training")
     p.add_argument("--tissue-steps", type=int, default=0,
                    help="tissue-branch-only steps before the joint ones (their own schedule), so the cell branch "
                         "gets tissue context from its first step; not with --injection none (the shipped recipe "
@@ -149,8 +151,9 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = _parser()
     args = p.parse_args(argv)
-    if args.steps < 0 or args.steps + args.tissue_steps < 1:
-        p.error("--steps must be at least 1, or 0 for a tissue-only run of --tissue-steps")
+    if args.steps < 0 or (args.steps + args.tissue_steps < 1 and not args.start_from):
+        p.error("--steps must be at least 1, or 0 for a tissue-only run of --tissue-steps (or, with --start-from, "
+                "to export and validate that member as it is)")
     if args.tissue_window and (args.tissue_window % 32 or not 32 <= args.tissue_window <= args.tissue_size):
         p.error(f"--tissue-window must be a multiple of 32 (the encoder's stride) in 32..--tissue-size, not "
                 f"{args.tissue_window}")
@@ -396,6 +399,9 @@ def train(args: argparse.Namespace) -> None:
         state = _load_checkpoint(out, model, optimizer)
         log.info("resumed at step %d", state["step"])
     total = args.tissue_steps + args.steps
+    if total == 0 and rank == 0:  # --start-from scored as it is: the start is the member
+        _save_tensors(model, out / "best.safetensors")
+        state["best_step"] = 0
     trainable = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=args.tissue_steps > 0) \
         if world > 1 else model
     batcher = Batcher(train_samples, crop=args.crop, pairs=args.pairs, crops_per_pair=args.crops_per_pair,

@@ -420,6 +420,12 @@ def test_the_cell_branch_learns_on_a_frozen_tissue_branch_taken_from_another_mem
     changed = [k for k, v in start.cell.state_dict().items() if not torch.equal(trained.cell.state_dict()[k], v)]
     assert len(changed) > len(start.cell.state_dict()) // 2
     assert json.loads((run / "model.json").read_text())["info"]["freeze_tissue"] is True
+    scored = tmp_path / "scored"  # --steps 0: the member as it is, with its validation maps for `ensemble`
+    train(*common[:4], "--start-from", str(run / "model"), *TINY_CELL_ONLY, "--steps", "0", "--out", str(scored))
+    assert load_file(str(scored / "model.safetensors")).keys() == load_file(str(run / "model.safetensors")).keys()
+    assert all(torch.equal(v, load_file(str(run / "model.safetensors"))[k])
+               for k, v in load_file(str(scored / "model.safetensors")).items())
+    assert (scored / "val_maps.npz").is_file()
 
     for bad, why in ((["--tissue-from", str(tmp_path / "finer")], "its tissue branch"),
                      (["--cell-size", "512"], "is not the one the arguments describe"),
