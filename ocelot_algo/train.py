@@ -58,9 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="release root: metadata.json, folds.json, images/, annotations/")
     p.add_argument("--fold", type=int, required=True, help="validation fold in folds.json; -1 trains on every pair")
     p.add_argument("--out", required=True, help="run folder (checkpoint, log, exported member)")
-    p.add_argument("--steps", type=int, default=1200,
-                   help="joint optimizer steps; the learning-rate schedule spans them. 0 with --start-from and no "
-                        "--tissue-steps: the member's validation maps and tuned post-processing, without training")
+    p.add_argument("--steps", type=int, default=1200, help="joint optimizer steps; the learning-rate schedule spans them")
     p.add_argument("--tissue-steps", type=int, default=0,
                    help="tissue-branch-only steps before the joint ones (their own schedule), so the cell branch "
                         "gets tissue context from its first step; not with --injection none (the shipped recipe "
@@ -76,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                         "ignored in both; the shipped recipe uses 0)")
     p.add_argument("--start-from", metavar="MEMBER",
                    help="start the whole network from this member (path without .safetensors, e.g. weights/fold0) "
-                        "instead of ImageNet; its config must be the one the arguments describe")
+                        "instead of ImageNet; its config must be the one the arguments describe. With --steps 0 "
+                        "(no --tissue-steps) the member is only scored: its validation maps and tuned post-processing")
     p.add_argument("--tissue-from", metavar="MEMBER",
                    help="then take the tissue branch from this member (e.g. a tissue-only run's model), whose tissue "
                         "branch must be the one the arguments describe")
