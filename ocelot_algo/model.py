@@ -159,6 +159,7 @@ class CellTissueNet(nn.Module):
             config.cell_decoder,
             context_channels=tissue_channels if config.injection in ("features", "both") else 0,
         )
+        self.tissue_frozen = False  # see freeze_tissue
 
     def freeze_tissue(self) -> None:
         """Keep the tissue branch as it is (a pre-trained one) while the cell branch learns to read it: no gradients,
@@ -169,7 +170,7 @@ class CellTissueNet(nn.Module):
 
     def train(self, mode: bool = True) -> "CellTissueNet":
         super().train(mode)
-        if getattr(self, "tissue_frozen", False):
+        if self.tissue_frozen:
             self.tissue.eval()
         return self
 

@@ -464,15 +464,15 @@ def train(args: argparse.Namespace) -> None:
 def start_model(config: ModelConfig, args: argparse.Namespace):
     """The network before its first step: ImageNet encoders (or random), or a member's weights (--start-from), with
     a tissue branch taken from another member (--tissue-from), frozen or not (--freeze-tissue)."""
-    model = create_model(config)
     if args.start_from:
-        start = load_member(*_member_path(args.start_from))
-        if start.config != config:
-            raise RunError(f"--start-from {args.start_from}: its network {start.config} is not the one the arguments "
+        model = load_member(*_member_path(args.start_from)).train()
+        if model.config != config:
+            raise RunError(f"--start-from {args.start_from}: its network {model.config} is not the one the arguments "
                            f"describe ({config})")
-        model.load_state_dict(start.state_dict())
-    elif args.init == "imagenet":
-        load_imagenet_encoders(model)
+    else:
+        model = create_model(config)
+        if args.init == "imagenet":
+            load_imagenet_encoders(model)
     if args.tissue_from:
         donor = load_member(*_member_path(args.tissue_from))
         if donor.tissue is None or _tissue_network(donor.config) != _tissue_network(config):
