@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .evaluation import load_release, tissue_mask_on_grid
+from .evaluation import load_release, tissue_mask_in_box, tissue_mask_on_grid
 from .geometry import ALL_DIHEDRAL, PATCH_SIZE, Box, apply_dihedral, dihedral_box, dihedral_points, sub_box
 from .inputs import open_inputs
 from .preprocess import to_grid
@@ -29,6 +29,7 @@ class Sample:
     cell: torch.Tensor  # (3, S, S) float16, 0..255
     tissue: torch.Tensor  # (3, T, T) float16, 0..255
     tissue_mask: torch.Tensor  # (T, T) uint8: 0 background, 1 cancer area, 255 unknown
+    cell_tissue_mask: torch.Tensor  # (S, S) uint8: the same labels on the cell grid (the cell field of view)
     points: np.ndarray  # (N, 3) x, y, class in cell-patch pixels
     box: Box
     cell_mpp: float
@@ -43,14 +44,20 @@ def load_samples(root: Path, ids: list[str], cell_size: int, tissue_size: int, s
             if name not in truth:
                 continue
             pair, gt = inputs.read(i), truth[name]
-            mask = tissue_mask_on_grid(gt.tissue_mask(), tissue_size)
+            mask = gt.tissue_mask()
             samples.append(Sample(
                 pair_id=name, organ=gt.organ or "unknown",
                 cell=to_grid(pair.cell, cell_size)[0].to(torch.float16).contiguous(),
                 tissue=to_grid(pair.tissue, tissue_size)[0].to(torch.float16).contiguous(),
-                tissue_mask=torch.from_numpy(np.select([mask == 1, mask == 2], [0, 1], IGNORE).astype(np.uint8)),
+                tissue_mask=_labels(tissue_mask_on_grid(mask, tissue_size)),
+                cell_tissue_mask=_labels(tissue_mask_in_box(mask, pair.box, cell_size)),
                 points=gt.cells.astype(int), box=pair.box, cell_mpp=float(pair.meta["cell"]["resized_mpp_x"])))
     return samples
+
+
+def _labels(mask: np.ndarray) -> torch.Tensor:
+    """The release's tissue labels (1 background, 2 cancer area, 255 unknown) as training labels (0, 1, IGNORE)."""
+    return torch.from_numpy(np.select([mask == 1, mask == 2], [0, 1], IGNORE).astype(np.uint8))
 
 
 # ----------------------------------------------------------------------------------------------- targets
@@ -156,7 +163,7 @@ class Batcher:
         rng = np.random.default_rng([self.seed, self.rank, step])
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         aug = self.augment
-        cells, tissues, masks, boxes, targets, owners = [], [], [], [], [], []
+        cells, tissues, masks, boxes, targets, owners, cell_masks = [], [], [], [], [], [], []
         for p, index in enumerate(rng.choice(len(self.samples), pairs, replace=len(self.samples) < pairs)):
             s = self.samples[index]
             view = ALL_DIHEDRAL[rng.integers(8)] if aug.dihedral else ALL_DIHEDRAL[0]
@@ -166,6 +173,7 @@ class Batcher:
                 points[:, :2] = np.rint(dihedral_points(points[:, :2], view, PATCH_SIZE - 1))
             box = dihedral_box(s.box, view)
             mask = apply_dihedral(s.tissue_mask, view)
+            cell_mask = apply_dihedral(s.cell_tissue_mask, view)
             if crops_per_pair == 0 and 0 < self.tissue_window < tissue.shape[-1]:
                 tissue, mask = self._window(tissue, mask, box, rng)
             tissues.append(tissue)
@@ -180,6 +188,10 @@ class Batcher:
                     patch = F.interpolate(patch, size=(self.crop, self.crop), mode="bilinear", antialias=True,
                                           align_corners=False)
                 cells.append(patch[0])
+                window_mask = cell_mask[y0:y0 + side, x0:x0 + side]
+                cell_masks.append(window_mask if side == self.crop else
+                                  F.interpolate(window_mask[None, None].float(), size=(self.crop, self.crop),
+                                                mode="nearest")[0, 0].to(torch.uint8))
                 radius = CELL_RADIUS_UM / (s.cell_mpp * PATCH_SIZE / grid) * self.crop / side
                 targets.append(cell_targets(points, window, self.crop, radius, self.target))
                 boxes.append(sub_box(box, window))
@@ -195,6 +207,8 @@ class Batcher:
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "owner": torch.tensor(owners, dtype=torch.long),
             "target": torch.stack(targets) if targets else torch.zeros(0, 3, self.crop, self.crop),
+            "cell_tissue_mask": torch.stack(cell_masks).long() if cell_masks else
+            torch.zeros(0, self.crop, self.crop, dtype=torch.long),
             "teacher_share": torch.tensor(teacher_share, dtype=torch.float32),
         }
 

@@ -6,6 +6,8 @@ Two smp segmentation networks (encoder -> decoder -> head), each chosen by name 
   tissue branch's probabilities, cropped to the cell field of view (see `geometry.crop_to_cell`), either as
   extra input channels ("input"), added to its encoder features ("features"), or both.
   "none" is the cell-only ablation: no tissue branch at all.
+Optionally (`cell_tissue_head`) the cell branch has a second head on its decoder that segments the cancer area of its
+own field of view, a training-time task supervised by the annotated tissue on the cell grid (~0.39 um/px).
 
 smp is imported only when a network is built: it pulls in timm and torchvision (seconds of imports on a 2-core
 machine), which `--help` and input validation do not need.
@@ -46,6 +48,7 @@ class ModelConfig:
     encoder_depth: int = 5
     cell_decoder: dict = field(default_factory=lambda: {"decoder_channels": [128, 64, 48, 32]})
     tissue_decoder: dict = field(default_factory=lambda: {"decoder_channels": [96, 48, 32, 24]})
+    cell_tissue_head: bool = False  # auxiliary cancer-area head on the cell decoder (training only; see train.py)
 
     def __post_init__(self):
         if self.injection not in INJECTIONS:
@@ -56,6 +59,8 @@ class ModelConfig:
         for name in ("arch", "encoder"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be an smp name, not {getattr(self, name)!r}")
+        if not isinstance(self.cell_tissue_head, bool):
+            raise ValueError(f"cell_tissue_head must be true or false, not {self.cell_tissue_head!r}")
         if not is_int(self.encoder_depth) or not 1 <= self.encoder_depth <= 5:
             raise ValueError(f"encoder_depth must be 1..5, not {self.encoder_depth!r}")
         for decoder in (self.cell_decoder, self.tissue_decoder):
@@ -113,12 +118,20 @@ def _smp_network(config: ModelConfig, in_channels: int, classes: int, decoder: d
 
 class Branch(nn.Module):
     """One smp network's encoder, decoder and head; the logits are resized to the input. With `context_channels`
-    a context map (the tissue probabilities) is projected and added to every encoder feature ("features")."""
+    a context map (the tissue probabilities) is projected and added to every encoder feature ("features"). With
+    `aux_classes` a second head on the same decoder output (`forward(..., aux=True)` returns both logits)."""
 
-    def __init__(self, config: ModelConfig, in_channels: int, classes: int, decoder: dict, context_channels: int = 0):
+    def __init__(self, config: ModelConfig, in_channels: int, classes: int, decoder: dict, context_channels: int = 0,
+                 aux_classes: int = 0):
         super().__init__()
+        from segmentation_models_pytorch.base import SegmentationHead
+        from segmentation_models_pytorch.base.initialization import initialize_head
+
         net = _smp_network(config, in_channels, classes, decoder)
         self.encoder, self.decoder, self.head = net.encoder, net.decoder, net.segmentation_head
+        self.aux = SegmentationHead(self.head[0].in_channels, aux_classes, kernel_size=3) if aux_classes else None
+        if self.aux is not None:
+            initialize_head(self.aux)
         # feature 0 is the input itself (smp's stride-1 entry); transformer encoders have an empty stride-2 one
         self.context = nn.ModuleList(nn.Conv2d(context_channels, c, 1) for c in self.encoder.out_channels[1:] if c) \
             if context_channels else None
@@ -126,16 +139,21 @@ class Branch(nn.Module):
             nn.init.zeros_(conv.weight)  # start as the plain network; training learns how much context to use
             nn.init.zeros_(conv.bias)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, aux: bool = False):
         features = self.encoder(x)
         if self.context is not None:
             projections = iter(self.context)
             features = features[:1] + [f + next(projections)(F.adaptive_avg_pool2d(context, f.shape[-2:]))
                                        if f.shape[1] else f for f in features[1:]]
-        logits = self.head(self.decoder(features))
-        if logits.shape[-2:] != x.shape[-2:]:
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        decoded = self.decoder(features)
+        logits = _to_size(self.head(decoded), x.shape[-2:])
+        return (logits, _to_size(self.aux(decoded), x.shape[-2:])) if aux else logits
+
+
+def _to_size(logits: torch.Tensor, size) -> torch.Tensor:
+    if logits.shape[-2:] == size:
         return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -158,6 +176,7 @@ class CellTissueNet(nn.Module):
             len(CELL_CLASSES),
             config.cell_decoder,
             context_channels=tissue_channels if config.injection in ("features", "both") else 0,
+            aux_classes=tissue_channels if config.cell_tissue_head else 0,
         )
         self.tissue_frozen = False  # see freeze_tissue
 
@@ -177,14 +196,15 @@ class CellTissueNet(nn.Module):
     def tissue_logits(self, tissue: torch.Tensor) -> torch.Tensor:
         return self.tissue(normalize(tissue))
 
-    def cell_logits(self, cell: torch.Tensor, tissue_crop: torch.Tensor | None) -> torch.Tensor:
-        """`tissue_crop`: tissue probabilities on the cell grid (see geometry.crop_to_cell); None for "none"."""
+    def cell_logits(self, cell: torch.Tensor, tissue_crop: torch.Tensor | None, aux: bool = False):
+        """`tissue_crop`: tissue probabilities on the cell grid (see geometry.crop_to_cell); None for "none".
+        `aux`: also the cancer-area logits of the cell_tissue_head."""
         x = normalize(cell)
         injection = self.config.injection
         if injection in ("input", "both"):
             x = torch.cat([x, tissue_crop.to(x.dtype)], dim=1)
         context = tissue_crop if injection in ("features", "both") else None
-        return self.cell(x, context)
+        return self.cell(x, context, aux=aux)
 
     def forward(self, cell, tissue=None, boxes=None, owner=None, teacher=None):
         """Training: both branches at once, so gradients of the cell loss reach the tissue branch.
@@ -192,19 +212,24 @@ class CellTissueNet(nn.Module):
         cell (N, 3, s, s) crops; tissue (P, 3, T, T); boxes (N, 4) each crop's box in its tissue patch;
         owner (N,) which tissue patch each crop belongs to. `teacher`, optional: (maps (P, 2, T, T), share
         (P, 1, T, T)), annotated tissue and how much of it to blend into the predicted context, so the cell branch
-        learns to use tissue context before the tissue branch is any good. Returns (cell logits, tissue logits or
-        None); without cell crops (tissue pre-training) the cell logits are None."""
-        if self.tissue is None:
-            return self.cell_logits(cell, None), None
-        tissue_logits = self.tissue_logits(tissue)
+        learns to use tissue context before the tissue branch is any good. Returns (cell logits, tissue logits,
+        cancer-area logits of the cell_tissue_head), each None where absent; without cell crops (tissue pre-training)
+        only the tissue logits."""
+        tissue_logits = self.tissue_logits(tissue) if self.tissue is not None else None
         if len(cell) == 0:
-            return None, tissue_logits
-        context = tissue_logits.float().softmax(1)
-        if teacher is not None:
-            maps, share = teacher
-            context = torch.lerp(context, maps, share)
-        crops = crop_to_cell(context[owner], boxes, tuple(cell.shape[-2:]))
-        return self.cell_logits(cell, crops.contiguous(memory_format=torch.channels_last)), tissue_logits
+            return None, tissue_logits, None
+        crops = None
+        if tissue_logits is not None:
+            context = tissue_logits.float().softmax(1)
+            if teacher is not None:
+                maps, share = teacher
+                context = torch.lerp(context, maps, share)
+            crops = crop_to_cell(context[owner], boxes, tuple(cell.shape[-2:])).contiguous(
+                memory_format=torch.channels_last)
+        aux = self.config.cell_tissue_head
+        outputs = self.cell_logits(cell, crops, aux=aux)
+        cell_logits, cell_tissue_logits = outputs if aux else (outputs, None)
+        return cell_logits, tissue_logits, cell_tissue_logits
 
 
 def create_model(config: ModelConfig | dict) -> CellTissueNet:

@@ -8,6 +8,7 @@ CPU, NCCL on CUDA) and rank 0 validates and writes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -72,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tissue-dice", type=float, default=0.0,
                    help="weight of a soft Dice on cancer area beside the tissue cross-entropy (unknown tissue "
                         "ignored in both; the shipped recipe uses 0)")
+    p.add_argument("--cell-tissue-head", type=float, default=0.0, metavar="WEIGHT",
+                   help="weight of an auxiliary loss: a second head on the cell decoder segments the cancer area of "
+                        "its field of view, supervised by the annotated tissue on the cell grid (cross-entropy, plus "
+                        "--tissue-dice; unknown ignored). Unused at inference; 0: no such head (the shipped recipe)")
     p.add_argument("--start-from", metavar="MEMBER",
                    help="start the whole network from this member (path without .safetensors, e.g. weights/fold0) "
                         "instead of ImageNet; its config must be the one the arguments describe. With --steps 0 "
@@ -144,7 +149,8 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
             decoders[branch] = getattr(default, f"{branch}_decoder") if args.arch.lower() == "unet" else {}
     return ModelConfig(injection=args.injection, cell_size=args.cell_size, tissue_size=args.tissue_size,
                        arch=args.arch, encoder=args.encoder, encoder_depth=args.encoder_depth,
-                       cell_decoder=decoders["cell"], tissue_decoder=decoders["tissue"])
+                       cell_decoder=decoders["cell"], tissue_decoder=decoders["tissue"],
+                       cell_tissue_head=args.cell_tissue_head > 0)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -158,8 +164,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 f"{args.tissue_window}")
     if args.tissue_window and not args.tissue_steps:
         p.error("--tissue-window acts on tissue-only steps: give --tissue-steps")
-    if not 0 <= args.window_at_cell <= 1 or args.tissue_dice < 0:
-        p.error("--window-at-cell is a share: 0..1; --tissue-dice a weight: at least 0")
+    if not 0 <= args.window_at_cell <= 1 or args.tissue_dice < 0 or args.cell_tissue_head < 0:
+        p.error("--window-at-cell is a share: 0..1; --tissue-dice and --cell-tissue-head are weights: at least 0")
     for name in ("eval_every", "pairs", "crops_per_pair", "tissue_batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -423,17 +429,22 @@ def train(args: argparse.Namespace) -> None:
             group["lr"] = learning_rate(step, *phase, args)
         with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
             teacher = teacher_tissue(batch["tissue_mask"], batch["teacher_share"]) if args.teacher_tissue else None
-            cell_logits, tissue_logits = trainable(batch["cell"], batch["tissue"], batch["boxes"], batch["owner"], teacher)
-        loss_cell = cell_loss(cell_logits, batch["target"]) if cell_logits is not None else torch.zeros((), device=device)
+            cell_logits, tissue_logits, cell_tissue_logits = trainable(batch["cell"], batch["tissue"], batch["boxes"],
+                                                                       batch["owner"], teacher)
+        zero = torch.zeros((), device=device)
+        loss_cell = cell_loss(cell_logits, batch["target"]) if cell_logits is not None else zero
         loss_tissue = tissue_loss(tissue_logits, batch["tissue_mask"], args.tissue_dice) if tissue_logits is not None \
-            else torch.zeros((), device=device)
-        loss = loss_cell + (1.0 if tissue_only else args.tissue_weight) * loss_tissue
+            else zero
+        loss_aux = tissue_loss(cell_tissue_logits, batch["cell_tissue_mask"], args.tissue_dice) \
+            if cell_tissue_logits is not None else zero
+        loss = loss_cell + (1.0 if tissue_only else args.tissue_weight) * loss_tissue + args.cell_tissue_head * loss_aux
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         if rank == 0 and hasattr(progress, "set_postfix"):
-            progress.set_postfix(cell=f"{loss_cell.item():.3f}", tissue=f"{loss_tissue.item():.3f}", refresh=False)
+            progress.set_postfix(cell=f"{loss_cell.item():.3f}", tissue=f"{loss_tissue.item():.3f}",
+                                 **({"aux": f"{loss_aux.item():.3f}"} if args.cell_tissue_head else {}), refresh=False)
 
         done = step + 1
         # agreed first: every rank must take the same branch below (a checkpoint barrier, then the stop)
@@ -466,6 +477,8 @@ def start_model(config: ModelConfig, args: argparse.Namespace):
     a tissue branch taken from another member (--tissue-from), frozen or not (--freeze-tissue)."""
     if args.start_from:
         model = load_member(*_member_path(args.start_from)).train()
+        if model.config.cell_tissue_head != config.cell_tissue_head:  # --cell-tissue-head adds a new head
+            model = _with_new_cell_tissue_head(model, config)
         if model.config != config:
             raise RunError(f"--start-from {args.start_from}: its network {model.config} is not the one the arguments "
                            f"describe ({config})")
@@ -481,6 +494,19 @@ def start_model(config: ModelConfig, args: argparse.Namespace):
         model.tissue.load_state_dict(donor.tissue.state_dict())
     if args.freeze_tissue:
         model.freeze_tissue()
+    return model
+
+
+def _with_new_cell_tissue_head(member, config: ModelConfig):
+    """A member without the auxiliary head, in a network with one (newly initialised), when everything else is the
+    member's; otherwise the member as it is, for `start_model` to refuse."""
+    if not config.cell_tissue_head or dataclasses.replace(member.config, cell_tissue_head=True) != config:
+        return member
+    model = create_model(config).train()
+    missing, unexpected = model.load_state_dict(member.state_dict(), strict=False)
+    if unexpected or not all(k.startswith("cell.aux.") for k in missing):
+        raise RunError(f"cannot add the cell-tissue head: missing {missing[:2]}, unexpected {unexpected[:2]}")
+    log.info("--start-from: every tensor from the member, the new cell-tissue head initialised")
     return model
 
 
@@ -553,7 +579,8 @@ def _export(out: Path, val_samples, device, state, args) -> None:
         maps, tissue_maps = validation_maps(model, val_samples, device, tta=args.tta)
         params, mf1 = tune_postprocess(maps, [s.points for s in val_samples])
         info.update(val_mF1_default=round(state["best_mF1"], 4), val_mF1_tuned=round(mf1, 4), val_tta=args.tta,
-                    postprocess=params.to_dict())  # for reference: the ensemble ships its own, tuned out-of-fold
+                    postprocess={k: v for k, v in params.to_dict().items() if k in TUNING_GRID})
+        # ^ what was tuned, for reference: the ensemble ships its own post-processing, tuned out-of-fold
         # the cancer area on the cell grid, for tuning the late fusion of the class decision, and on the tissue grid,
         # for the tissue at the cells (see `ensemble`)
         with_cancer = {} if tissue_maps[0] is None else {

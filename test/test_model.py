@@ -18,7 +18,7 @@ def test_every_injection_builds_and_runs_both_ways(injection):
     cell, tissue = torch.rand(2, 3, 64, 64) * 255, torch.rand(1, 3, 64, 64) * 255
     boxes, owner = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.5, 0.5, 0.75, 0.75]]), torch.tensor([0, 0])
     with torch.no_grad():
-        cell_logits, tissue_logits = model(cell, tissue, boxes, owner)
+        cell_logits, tissue_logits, _ = model(cell, tissue, boxes, owner)
     assert cell_logits.shape == (2, 3, 64, 64)
     assert tissue_logits is None if injection == "none" else tissue_logits.shape == (1, 2, 64, 64)
 
@@ -27,7 +27,7 @@ def test_training_gradients_reach_the_tissue_branch_through_the_crop():
     model = create_model(ModelConfig(injection="both", cell_size=64, tissue_size=64))
     for module in model.cell.context:  # zero-initialised: give them a value so the path is live
         torch.nn.init.normal_(module.weight)
-    cell_logits, _ = model(torch.rand(1, 3, 64, 64) * 255, torch.rand(1, 3, 64, 64) * 255,
+    cell_logits, _, _ = model(torch.rand(1, 3, 64, 64) * 255, torch.rand(1, 3, 64, 64) * 255,
                            torch.tensor([[0.3, 0.3, 0.6, 0.6]]), torch.tensor([0]))
     cell_logits.mean().backward()
     assert model.tissue.head[0].weight.grad.abs().sum() > 0
@@ -114,7 +114,7 @@ def test_smp_networks_build_with_tissue_injection_and_keep_their_shape(arch, enc
             torch.nn.init.normal_(conv.weight)
     cell, tissue = torch.rand(1, 3, 64, 64) * 255, torch.rand(1, 3, 64, 64) * 255
     with torch.no_grad():
-        cell_logits, tissue_logits = model(cell, tissue, torch.tensor([[0.2, 0.2, 0.7, 0.7]]), torch.tensor([0]))
+        cell_logits, tissue_logits, _ = model(cell, tissue, torch.tensor([[0.2, 0.2, 0.7, 0.7]]), torch.tensor([0]))
     assert cell_logits.shape == (1, 3, 64, 64) and tissue_logits.shape == (1, 2, 64, 64)
     assert torch.isfinite(cell_logits).all()
 

@@ -433,3 +433,36 @@ def test_the_cell_branch_learns_on_a_frozen_tissue_branch_taken_from_another_mem
         out = tmp_path / "refused"
         assert training.main([*common, "--out", str(out), *bad]) == 2
         assert why in one_line_error(capsys) and not out.exists()
+
+
+def test_the_cell_tissue_head_learns_the_annotated_tissue_under_each_cell_crop(release, tmp_path):
+    """--cell-tissue-head: the annotated tissue is put on the cell grid (unknown past the tissue patch), cut and
+    turned with each cell crop, and a member without the head starts a run with one (item 3 of the tissue issue)."""
+    from ocelot_algo.evaluation import tissue_mask_in_box
+    from ocelot_algo.model import create_model
+    from ocelot_algo.weights import save_member
+
+    mask = np.array([[1, 2], [2, 1]], dtype=np.uint8)
+    assert tissue_mask_in_box(mask, Box(0.0, 0.0, 1.0, 1.0), 4).tolist() == [[1, 1, 2, 2]] * 2 + [[2, 2, 1, 1]] * 2
+    assert tissue_mask_in_box(mask, Box(0.5, -0.5, 1.5, 0.5), 2).tolist() == [[255, 255], [2, 255]]
+
+    samples = load_samples(release, json.loads((release / "folds.json").read_text())["folds"][1], 256, 128)
+    for s in samples:  # red spells out the cell-grid mask, so crops and their masks can be compared
+        assert s.cell_tissue_mask.shape == (256, 256)
+        s.cell[0] = torch.where(s.cell_tissue_mask == 1, 255, 0).to(s.cell.dtype)
+    still = AugmentConfig(scale=(1.0, 1.0), stain=0.0, brightness=0.0, contrast=0.0, blur_p=0.0, noise_p=0.0)
+    batch = Batcher(samples, crop=96, pairs=2, crops_per_pair=3, target="disk", augment=still, seed=2)(0)
+    labels = batch["cell_tissue_mask"]
+    assert labels.shape == (6, 96, 96) and (labels != 255).any()
+    assert torch.equal((batch["cell"][:, 0] > 127)[labels != 255], (labels == 1)[labels != 255])
+
+    save_member(tmp_path, "start", create_model(ModelConfig(cell_size=256, tissue_size=128)))
+    run = tmp_path / "run"
+    train("--data", str(release), "--fold", "0", "--out", str(run), "--start-from", str(tmp_path / "start"),
+          "--cell-tissue-head", "0.5", *TINY_CELL_ONLY)
+    trained = load_member(run, "model")
+    assert trained.config.cell_tissue_head and trained.cell.aux is not None
+    assert json.loads((run / "state.json").read_text())["args"]["cell_tissue_head"] == 0.5
+    # a member records only the post-processing its fold tuned (inference takes the manifest's)
+    assert set(json.loads((run / "model.json").read_text())["info"]["postprocess"]) == {"sigma", "min_distance",
+                                                                                         "threshold"}
