@@ -81,7 +81,7 @@ def test_training_stops_at_its_time_budget_resumes_and_exports_a_tuned_member(re
     member = load_member(run, "model")
     info = json.loads((run / "model.json").read_text())["info"]
     assert info["steps"] == 2 + 3 and info["val_tta"] == "flips" and "val_mF1_tuned" in info
-    assert set(info["postprocess"]) == {"sigma", "min_distance", "threshold", "tissue_weight", "tumour_bias"}
+    assert set(info["postprocess"]) == {"sigma", "min_distance", "threshold"}  # what it tuned; inference: the manifest's
     assert member.config.injection == "input"
     with np.load(run / "val_maps.npz") as maps:  # the cancer area on the cell grid: for the late fusion's tuning
         assert maps["maps"].shape[1:] == (3, 256, 256) and len(maps["ids"]) == 2
@@ -463,6 +463,3 @@ def test_the_cell_tissue_head_learns_the_annotated_tissue_under_each_cell_crop(r
     trained = load_member(run, "model")
     assert trained.config.cell_tissue_head and trained.cell.aux is not None
     assert json.loads((run / "state.json").read_text())["args"]["cell_tissue_head"] == 0.5
-    # a member records only the post-processing its fold tuned (inference takes the manifest's)
-    assert set(json.loads((run / "model.json").read_text())["info"]["postprocess"]) == {"sigma", "min_distance",
-                                                                                         "threshold"}
