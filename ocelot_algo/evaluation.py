@@ -451,15 +451,12 @@ def tissue_mask_on_grid(mask: np.ndarray, size: int) -> np.ndarray:
     return mask[np.ix_(rows, cols)]
 
 
-def tissue_mask_in_box(mask: np.ndarray, box, size: int, outside: int = 255) -> np.ndarray:
-    """The tissue mask (H, W) on a (size, size) grid over `box` (fractions of the tissue patch, e.g. the cell
-    field of view): the label at each grid pixel's centre, `outside` past the tissue patch."""
-    h, w = mask.shape
-    centres = (np.arange(size) + 0.5) / size
-    cols = np.floor((box.x0 + centres * (box.x1 - box.x0)) * w).astype(int)
-    rows = np.floor((box.y0 + centres * (box.y1 - box.y0)) * h).astype(int)
-    inside = (rows[:, None] >= 0) & (rows[:, None] < h) & (cols[None] >= 0) & (cols[None] < w)
-    return np.where(inside, mask[np.ix_(rows.clip(0, h - 1), cols.clip(0, w - 1))], outside).astype(mask.dtype)
+def tissue_mask_in_box(mask: np.ndarray, box: Box, size: int) -> np.ndarray:
+    """The tissue mask (H, W) on a (size, size) grid over `box` (the cell field of view in the tissue patch): the
+    `tissue_regions` label at each grid pixel's centre, UNKNOWN past the tissue patch."""
+    centres = (np.arange(size) + 0.5) * PATCH_SIZE / size - 0.5  # in cell-patch pixels
+    xs, ys = np.meshgrid(centres, centres)
+    return tissue_regions(np.stack([xs.ravel(), ys.ravel()], 1), box, mask).reshape(size, size)
 
 
 def image_counts(truth: list[TruthImage], runs: list[Predictions], radius: float = RADIUS):

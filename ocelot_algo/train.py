@@ -477,7 +477,7 @@ def start_model(config: ModelConfig, args: argparse.Namespace):
     a tissue branch taken from another member (--tissue-from), frozen or not (--freeze-tissue)."""
     if args.start_from:
         model = load_member(*_member_path(args.start_from)).train()
-        if model.config.cell_tissue_head != config.cell_tissue_head:  # --cell-tissue-head adds a new head
+        if config.cell_tissue_head and not model.config.cell_tissue_head:  # --cell-tissue-head adds a new head
             model = _with_new_cell_tissue_head(model, config)
         if model.config != config:
             raise RunError(f"--start-from {args.start_from}: its network {model.config} is not the one the arguments "
@@ -500,7 +500,7 @@ def start_model(config: ModelConfig, args: argparse.Namespace):
 def _with_new_cell_tissue_head(member, config: ModelConfig):
     """A member without the auxiliary head, in a network with one (newly initialised), when everything else is the
     member's; otherwise the member as it is, for `start_model` to refuse."""
-    if not config.cell_tissue_head or dataclasses.replace(member.config, cell_tissue_head=True) != config:
+    if dataclasses.replace(member.config, cell_tissue_head=True) != config:
         return member
     model = create_model(config).train()
     missing, unexpected = model.load_state_dict(member.state_dict(), strict=False)
